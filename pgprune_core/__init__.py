@@ -1,0 +1,79 @@
+"""pgprune: structural pruning of LLMs by policy-gradient optimisation.
+
+The public API: the hook marker plugins use, the plugin interfaces, and the entry points
+of a run.  Everything else is internal and may change.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from .config_base import InitializerConfig, PluginConfig
+from .errors import PgpruneError
+from .interfaces import (
+    Constraint,
+    Estimator,
+    EvalContext,
+    Evaluator,
+    Granularity,
+    InitContext,
+    Initializer,
+    LoadedModel,
+    ModelAdapter,
+    ModelSource,
+    Plugin,
+    Projector,
+    StepContext,
+    StepStats,
+)
+from .plugins import hookimpl
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Constraint",
+    "Estimator",
+    "EvalContext",
+    "Evaluator",
+    "Granularity",
+    "InitContext",
+    "Initializer",
+    "InitializerConfig",
+    "LoadedModel",
+    "ModelAdapter",
+    "ModelSource",
+    "PgpruneError",
+    "Plugin",
+    "PluginConfig",
+    "Projector",
+    "StepContext",
+    "StepStats",
+    "hookimpl",
+    "load_pruned",
+    "run",
+]
+
+
+def run(config: Any = None, **overrides: Any) -> Any:
+    """Run pgprune from Python: ``run(prune_rate=0.3)`` or ``run(RunConfig)``.
+
+    Keyword arguments are dotted keys with ``__`` for dots: ``estimator__lr=3e-2``.
+    """
+    from .config import RunConfig, resolve_config
+    from .pipeline import run_pipeline
+
+    if not isinstance(config, RunConfig):
+        flat = {key.replace("__", "."): value for key, value in overrides.items()}
+        config = resolve_config(config, None, flat)
+    return run_pipeline(config)
+
+
+def load_pruned(path: Any, **kwargs: Any) -> Any:
+    """Load a model saved by pgprune (per-layer shapes rebuilt), ready for inference."""
+    from .surgery import load_pruned as _load
+
+    return _load(path, **kwargs)
+
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .config import RunConfig  # noqa: F401

@@ -1,0 +1,61 @@
+"""Builds the Typer app after plugins load, so option help and choices come from the registry."""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import click
+import typer
+from typer.core import TyperGroup
+
+from ..errors import PgpruneError
+from ..registry import get_registry
+from .console import err_console
+
+
+class PgpruneGroup(TyperGroup):
+    """Turns user errors from any sub-command into one line and exit status 2."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except PgpruneError as exc:
+            err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+            ctx.exit(exc.exit_code)
+
+
+def build_app() -> typer.Typer:
+    """A fresh ``pgprune`` app with the built-in commands and every plugin's commands."""
+    from . import config_cmd, plugins_cmd, run_cmd
+
+    app = typer.Typer(
+        cls=PgpruneGroup,
+        name="pgprune",
+        help="Structural pruning of LLMs by policy gradient, without back-propagation "
+        "through the model.",
+        no_args_is_help=True,
+        add_completion=False,
+        pretty_exceptions_show_locals=False,
+    )
+    for module in (run_cmd, plugins_cmd, config_cmd):
+        module.register(app)
+    registry = get_registry()
+    registry.register_commands(app)
+    return app
+
+
+def warn_failures() -> None:
+    """Print one warning line per plugin that failed to load (every command shows them)."""
+    for failure in get_registry().failures:
+        err_console.print(f"[yellow]warning:[/] {failure}", highlight=False, soft_wrap=True)
+
+
+def main() -> None:
+    try:
+        app = build_app()
+    except PgpruneError as exc:
+        err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        sys.exit(exc.exit_code)
+    warn_failures()
+    app()

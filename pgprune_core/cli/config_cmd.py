@@ -1,0 +1,19 @@
+"""``pgprune config show``: the fully resolved configuration, as YAML."""
+
+from __future__ import annotations
+
+import typer
+
+from ..config import RunConfig, dump_config
+from .options import OVERRIDE_CONTEXT, config_options
+
+
+def _show(config: RunConfig) -> None:
+    """Print the resolved config (defaults < --config file < flags < dotted overrides)."""
+    typer.echo(dump_config(config), nl=False)
+
+
+def register(app: typer.Typer) -> None:
+    group = typer.Typer(help="Inspect configurations.", no_args_is_help=True)
+    group.command("show", context_settings=OVERRIDE_CONTEXT)(config_options(_show))
+    app.add_typer(group, name="config")

@@ -1,0 +1,41 @@
+"""``pgprune plugins``: every registered plugin, and every plugin that failed to load."""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from ..registry import get_registry
+from .console import console
+
+
+def plugins(
+    as_json: Annotated[bool, typer.Option("--json", help="Print a JSON list instead of a table.")] = False,
+) -> None:
+    """List registered plugins: kind, name, distribution, version, description."""
+    registry = get_registry()
+    specs = registry.all_specs()
+    if as_json:
+        typer.echo(json.dumps([spec.as_dict() for spec in specs], indent=2))
+        return
+    table = Table(title="pgprune plugins", show_lines=False)
+    for column in ("kind", "name", "distribution", "version", "description"):
+        table.add_column(column, overflow="fold")
+    for spec in specs:
+        table.add_row(spec.kind, spec.name, spec.origin.distribution, spec.origin.version,
+                      spec.description)
+    console.print(table)
+    if registry.failures:
+        failed = Table(title="plugins that failed to load", style="red")
+        for column in ("plugin", "distribution", "version", "error"):
+            failed.add_column(column, overflow="fold")
+        for f in registry.failures:
+            failed.add_row(f.plugin, f.distribution, f.version, f.error)
+        console.print(failed)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("plugins")(plugins)

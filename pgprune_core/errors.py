@@ -1,0 +1,53 @@
+"""Exceptions that mean "the user asked for something we cannot do".
+
+The CLI turns every :class:`PgpruneError` into one line on stderr and exit status 2, so
+raise these (never bare ``ValueError``) for mistakes a user can fix: an unknown plugin, an
+out-of-range rate, a missing file.  Anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+
+class PgpruneError(Exception):
+    """A user-facing error: its message is printed as one line, without a traceback."""
+
+    exit_code: int = 2
+
+
+class ConfigError(PgpruneError):
+    """An invalid configuration value, key or combination of options."""
+
+
+class PluginError(PgpruneError):
+    """A plugin could not be found, loaded or registered."""
+
+
+class UnknownPluginError(PluginError):
+    """A plugin name that no loaded plugin registered."""
+
+    def __init__(self, kind: str, name: str, valid: list[str]) -> None:
+        choices = ", ".join(sorted(valid)) if valid else "(none registered)"
+        super().__init__(f"unknown {kind} {name!r}; valid {kind}s: {choices}")
+        self.kind, self.name, self.valid = kind, name, valid
+
+
+class DuplicatePluginError(PluginError):
+    """Two plugins registered the same name for the same kind."""
+
+
+class ModelError(PgpruneError):
+    """A model that cannot be loaded, is not supported, or is corrupt on disk."""
+
+
+class DataError(PgpruneError):
+    """A corpus that cannot be loaded or is too small for what was asked."""
+
+
+class RunDirError(PgpruneError):
+    """A run directory that is missing, foreign, incomplete or corrupt."""
+
+
+class Interrupted(PgpruneError):
+    """A run stopped by SIGINT/SIGTERM after writing a checkpoint (resumable)."""
+
+    exit_code = 130

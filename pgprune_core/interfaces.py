@@ -1,0 +1,250 @@
+"""The six plugin interfaces.  Each plugin class carries a ``name`` and a pydantic
+``Config`` (see :class:`~pgprune_core.config_base.PluginConfig`) and is constructed with
+an instance of that ``Config``.
+
+Data flow of one run (DESIGN.md §4)::
+
+    adapter.load -> adapter.describe -> granularity.units -> UnitLayout
+    initializer.scores -> transform -> projector            (initial probabilities s0)
+    loop: estimator.step(StepContext)                        (updates the policy in place)
+    final mask -> granularity.remove (surgery) -> evaluator.evaluate
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
+
+import torch
+from torch import nn
+
+from .config_base import PluginConfig
+
+if TYPE_CHECKING:  # pragma: no cover - typing only
+    from .policy import BernoulliPolicy
+    from .structure import ModelStructure, UnitLayout, UnitSet
+
+
+class Plugin:
+    """Base of all plugin classes."""
+
+    name: ClassVar[str]
+    Config: ClassVar[type[PluginConfig]] = PluginConfig
+
+    def __init__(self, config: PluginConfig | None = None) -> None:
+        self.config = config if config is not None else self.Config()
+
+    @classmethod
+    def describe(cls) -> str:
+        """One line for ``pgprune plugins``: the first line of the class docstring."""
+        doc = (cls.__doc__ or "").strip()
+        return doc.splitlines()[0] if doc else ""
+
+
+class Handle(Protocol):
+    """Something installed into a model that can be taken out again (like a torch hook)."""
+
+    def remove(self) -> None: ...
+
+
+# -- model adapters ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """Where and how to load a model (from ``RunConfig.model``)."""
+
+    name_or_path: str
+    dtype: str = "float32"
+    device: str = "cpu"
+    device_map: str | None = None
+    revision: str | None = None
+    trust_remote_code: bool = False
+
+
+@dataclass
+class LoadedModel:
+    model: nn.Module
+    tokenizer: Any
+    source: ModelSource
+
+
+class ModelAdapter(Plugin):
+    """Architecture knowledge: loads a model family and describes it as sites."""
+
+    #: ``config.model_type`` values this adapter understands.
+    model_types: ClassVar[tuple[str, ...]] = ()
+
+    def handles(self, model_config: Any) -> bool:
+        return getattr(model_config, "model_type", None) in self.model_types
+
+    @abc.abstractmethod
+    def load(self, source: ModelSource) -> LoadedModel:
+        """Load model and tokenizer (hub id or local directory), in eval mode."""
+
+    @abc.abstractmethod
+    def describe_model(self, model: nn.Module) -> ModelStructure:
+        """Describe a loaded (possibly already pruned) model as sites."""
+
+    @abc.abstractmethod
+    def pruned_model_class(self) -> str:
+        """Dotted path of the transformers class a saved pruned model subclasses,
+        e.g. ``"transformers.LlamaForCausalLM"``."""
+
+
+# -- granularities ----------------------------------------------------------------------
+
+
+class Granularity(Plugin):
+    """A kind of structural unit (``channel``, ``head``, ``layer``): what the units are,
+    how a mask on them enters a forward pass, and how to cut them out physically."""
+
+    #: Granularities are cut in ascending ``surgery_order`` (layers last: removing a
+    #: layer renumbers the others).
+    surgery_order: ClassVar[int] = 0
+
+    @abc.abstractmethod
+    def units(self, structure: ModelStructure) -> UnitSet:
+        """The units of this kind with their exact parameter costs."""
+
+    @abc.abstractmethod
+    def install(
+        self, structure: ModelStructure, units: UnitSet, row_masks: torch.Tensor
+    ) -> list[Handle]:
+        """Make the next forward passes use ``row_masks`` ([rows, n_kind], hard or soft,
+        one row per row of the input batch).  Must not copy weights; soft masks must stay
+        differentiable.  Returns handles that undo the installation."""
+
+    @abc.abstractmethod
+    def remove(self, structure: ModelStructure, units: UnitSet, keep: torch.Tensor) -> None:
+        """Physically remove the units where ``keep`` (bool [n_kind]) is False."""
+
+
+# -- initializers -----------------------------------------------------------------------
+
+
+@dataclass
+class InitContext:
+    """What an initializer may use to score units."""
+
+    model: nn.Module
+    structure: ModelStructure
+    layout: UnitLayout
+    granularities: Mapping[str, Granularity]
+    device: torch.device
+    seed: int
+    #: A fresh iterator over calibration batches (int64 [B, T]) each call, or None.
+    calibration: Callable[[], Iterator[torch.Tensor]] | None = None
+    #: Evaluates losses of masked models without autograd (see masking.LossOracle).
+    oracle: Any = None
+
+
+class Initializer(Plugin):
+    """Scores every unit (higher = more important) to start the policy or prune alone."""
+
+    #: granularity kinds this initializer can score
+    kinds: ClassVar[frozenset[str]] = frozenset({"channel", "head", "layer"})
+    needs_calibration: ClassVar[bool] = False
+
+    @abc.abstractmethod
+    def scores(self, ctx: InitContext) -> torch.Tensor:
+        """float [n] over ``ctx.layout``: larger means keep."""
+
+
+# -- estimators -------------------------------------------------------------------------
+
+
+@dataclass
+class StepContext:
+    """One optimisation step's inputs.  The estimator updates ``policy`` in place, using
+    ``project`` to map its proposal back onto the feasible set."""
+
+    policy: BernoulliPolicy
+    batch: torch.Tensor
+    oracle: Any
+    project: Callable[[torch.Tensor], torch.Tensor]
+    step: int
+    total_steps: int
+    generator: torch.Generator
+
+
+@dataclass
+class StepStats:
+    """What one step did, for progress bars and ``metrics.jsonl``."""
+
+    loss: float
+    baseline: float | None = None
+    skipped: bool = False
+    extra: dict[str, float] = field(default_factory=dict)
+
+
+class Estimator(Plugin):
+    """Learns the keep-probabilities from losses of sampled masks."""
+
+    #: False for ``none``: prune from the initial scores without optimising.
+    optimises: ClassVar[bool] = True
+
+    def start(self, policy: BernoulliPolicy, total_steps: int) -> None:  # noqa: B027
+        """Reset internal state before the first step of a (stage of a) run."""
+
+    @abc.abstractmethod
+    def step(self, ctx: StepContext) -> StepStats:
+        """Take one step; update ``ctx.policy`` in place."""
+
+    def state_dict(self) -> dict[str, Any]:
+        """Checkpointable state: tensors, numbers, strings, lists thereof."""
+        return {}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:  # noqa: B027
+        """Restore :meth:`state_dict`."""
+
+
+# -- projectors -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Constraint:
+    """``weights @ s[indices] <= capacity`` (and ``0 <= s <= 1`` everywhere)."""
+
+    indices: torch.Tensor  # int64 [k]
+    weights: torch.Tensor  # float64 [k], > 0
+    capacity: float
+
+
+class Projector(Plugin):
+    """Maps a vector onto C = {c^T s <= K for every constraint, 0 <= s <= 1}."""
+
+    @abc.abstractmethod
+    def project(self, z: torch.Tensor, constraints: Sequence[Constraint]) -> torch.Tensor:
+        """Euclidean projection of ``z`` (float [n]) onto the feasible set; the constraints'
+        index sets are disjoint; entries outside all of them are clipped to [0, 1]."""
+
+
+# -- evaluators -------------------------------------------------------------------------
+
+
+@dataclass
+class EvalContext:
+    """A model to measure and the data to measure it on."""
+
+    model: nn.Module
+    tokenizer: Any
+    device: torch.device
+    label: str  # "dense" or "pruned" (or a model path for `pgprune eval`)
+    #: evaluation corpora by name -> object with ``.texts() -> list[str]``
+    datasets: Mapping[str, Any] = field(default_factory=dict)
+    seq_len: int = 128
+    batch_size: int = 8
+    seed: int = 0
+    #: metrics of the dense model, when measuring the pruned one (for ratios)
+    reference: Mapping[str, Any] | None = None
+
+
+class Evaluator(Plugin):
+    """Turns a model into named metrics (perplexity, zero-shot accuracy, latency, ...)."""
+
+    @abc.abstractmethod
+    def evaluate(self, ctx: EvalContext) -> dict[str, Any]:
+        """JSON-able metrics, merged into one side of ``metrics.json``."""

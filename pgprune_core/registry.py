@@ -1,0 +1,225 @@
+"""Typed look-ups of the registered plugin classes: ``estimators()``, ``adapters()``, ...
+
+The registry asks each plugin in turn to call ``register(cls)`` for every class it ships,
+checks the class (a ``name``, a pydantic ``Config`` whose ``name`` literal matches), and
+keeps one table per kind.  A name registered twice is refused with both origins named;
+the refusal is recorded as a load failure of the second plugin, and every command warns
+about it, so the rest of pgprune keeps working.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from .errors import DuplicatePluginError, PluginError, UnknownPluginError
+from .interfaces import (
+    Estimator,
+    Evaluator,
+    Granularity,
+    Initializer,
+    ModelAdapter,
+    Plugin,
+    Projector,
+)
+from .plugins import LoadFailure, PluginOrigin, PluginSet, _describe_exception
+
+P = TypeVar("P", bound=Plugin)
+
+#: kind -> (registration hook, base class)
+KINDS: dict[str, tuple[str, type[Plugin]]] = {
+    "estimator": ("pgprune_register_estimators", Estimator),
+    "adapter": ("pgprune_register_adapters", ModelAdapter),
+    "granularity": ("pgprune_register_granularities", Granularity),
+    "initializer": ("pgprune_register_initializers", Initializer),
+    "projector": ("pgprune_register_projectors", Projector),
+    "evaluator": ("pgprune_register_evaluators", Evaluator),
+}
+
+
+@dataclass(frozen=True)
+class Spec:
+    """One registered plugin class and where it came from."""
+
+    kind: str
+    name: str
+    cls: type[Plugin]
+    origin: PluginOrigin
+
+    @property
+    def description(self) -> str:
+        return self.cls.describe()
+
+    def as_dict(self) -> dict[str, str]:
+        return {
+            "kind": self.kind,
+            "name": self.name,
+            "distribution": self.origin.distribution,
+            "version": self.origin.version,
+            "plugin": self.origin.plugin,
+            "description": self.description,
+        }
+
+
+class Registry:
+    """The tables of registered plugin classes, built from a :class:`PluginSet`."""
+
+    def __init__(self, plugins: PluginSet) -> None:
+        self.plugins = plugins
+        self.tables: dict[str, dict[str, Spec]] = {}
+        self.failures: list[LoadFailure] = []
+        self.rebuild()
+
+    # -- building ---------------------------------------------------------------------
+    def rebuild(self) -> None:
+        """Re-ask every plugin to register (after a plugin was added or removed)."""
+        self.tables = {kind: {} for kind in KINDS}
+        self.failures = list(self.plugins.failures)
+        disabled = self.plugins.disabled
+        for kind, (hook_name, base) in KINDS.items():
+            hook = getattr(self.plugins.pm.hook, hook_name)
+            # get_hookimpls() lists implementations in registration (load) order
+            for impl in hook.get_hookimpls():
+                origin = self.plugins.origin_of(impl.plugin)
+                if any(f.plugin == origin.plugin for f in self.failures):
+                    continue
+                register = self._make_register(kind, base, origin, disabled)
+                try:
+                    impl.function(register=register)
+                except Exception as exc:
+                    self.failures.append(
+                        LoadFailure(
+                            origin.plugin,
+                            origin.distribution,
+                            origin.version,
+                            _describe_exception(exc),
+                        )
+                    )
+
+    def _make_register(
+        self, kind: str, base: type[Plugin], origin: PluginOrigin, disabled: frozenset[str]
+    ) -> Callable[[type[Any]], None]:
+        table = self.tables[kind]
+
+        def register(cls: type[Any]) -> None:
+            check_plugin_class(cls, kind, base)
+            if cls.name in disabled:
+                return
+            if cls.name in table:
+                first = table[cls.name].origin
+                raise DuplicatePluginError(
+                    f"{kind} {cls.name!r} is registered twice: by {first} and by {origin}; "
+                    f"the second registration was refused"
+                )
+            table[cls.name] = Spec(kind, cls.name, cls, origin)
+
+        return register
+
+    # -- look-ups ---------------------------------------------------------------------
+    def specs(self, kind: str) -> dict[str, Spec]:
+        if kind not in self.tables:
+            raise KeyError(f"unknown plugin kind {kind!r}; kinds: {', '.join(KINDS)}")
+        return dict(self.tables[kind])
+
+    def names(self, kind: str) -> list[str]:
+        return sorted(self.tables[kind])
+
+    def get(self, kind: str, name: str) -> Spec:
+        table = self.specs(kind)
+        if name not in table:
+            raise UnknownPluginError(kind, name, list(table))
+        return table[name]
+
+    def cls(self, kind: str, name: str) -> type[Plugin]:
+        return self.get(kind, name).cls
+
+    def all_specs(self) -> list[Spec]:
+        return [spec for kind in KINDS for _, spec in sorted(self.tables[kind].items())]
+
+    def resolve_adapter(self, model_config: Any) -> str | None:
+        """Ask the ``firstresult`` hook which adapter handles ``model_config``."""
+        name = self.plugins.pm.hook.pgprune_resolve_adapter(model_config=model_config)
+        if name is not None and name not in self.tables["adapter"]:
+            raise PluginError(f"a plugin resolved the model to adapter {name!r}, which is not registered")
+        return name
+
+    def register_commands(self, app: Any) -> None:
+        for impl in self.plugins.pm.hook.pgprune_register_commands.get_hookimpls():
+            origin = self.plugins.origin_of(impl.plugin)
+            try:
+                impl.function(app=app)
+            except Exception as exc:
+                self.failures.append(
+                    LoadFailure(origin.plugin, origin.distribution, origin.version,
+                                _describe_exception(exc))
+                )
+
+
+def check_plugin_class(cls: Any, kind: str, base: type[Plugin]) -> None:
+    """Refuse a class that does not honour the plugin contract, with a precise message."""
+    label = getattr(cls, "__qualname__", repr(cls))
+    if not isinstance(cls, type) or not issubclass(cls, base):
+        raise PluginError(f"{label} was registered as a {kind} but is not a subclass of {base.__name__}")
+    name = getattr(cls, "name", None)
+    if not isinstance(name, str) or not name:
+        raise PluginError(f"{kind} class {label} has no 'name' string attribute")
+    config = getattr(cls, "Config", None)
+    from .config_base import PluginConfig  # local: avoid an import cycle at module load
+
+    if not (isinstance(config, type) and issubclass(config, PluginConfig)):
+        raise PluginError(f"{kind} {name!r}: Config must subclass pgprune_core.PluginConfig")
+    field = config.model_fields.get("name")
+    if field is None or field.default != name:
+        raise PluginError(
+            f"{kind} {name!r}: its Config needs `name: Literal[{name!r}] = {name!r}`"
+        )
+
+
+# -- the process-wide registry ----------------------------------------------------------
+_REGISTRY: Registry | None = None
+
+
+def get_registry() -> Registry:
+    """The registry of this process, built on first use."""
+    global _REGISTRY
+    if _REGISTRY is None:
+        _REGISTRY = Registry(PluginSet())
+    return _REGISTRY
+
+
+def reset_registry() -> None:
+    """Forget the registry (it is rebuilt, re-reading entry points, on next use)."""
+    global _REGISTRY
+    _REGISTRY = None
+
+
+@contextlib.contextmanager
+def temporary_plugin(plugin: object, name: str, distribution: str = "test") -> Iterator[Registry]:
+    """Register ``plugin`` for the duration of a ``with`` block, then unregister it."""
+    registry = get_registry()
+    registry.plugins.add(plugin, PluginOrigin(name, distribution, "0"))
+    try:
+        registry.rebuild()
+        yield registry
+    finally:
+        registry.plugins.remove(name)
+        registry.rebuild()
+
+
+def _typed(kind: str, base: type[P]) -> Callable[[], dict[str, type[P]]]:
+    def lookup() -> dict[str, type[P]]:
+        return {name: spec.cls for name, spec in get_registry().specs(kind).items()}  # type: ignore[misc]
+
+    lookup.__name__ = f"{kind}s"
+    lookup.__doc__ = f"Registered {kind} classes by name."
+    return lookup
+
+
+estimators = _typed("estimator", Estimator)
+adapters = _typed("adapter", ModelAdapter)
+granularities = _typed("granularity", Granularity)
+initializers = _typed("initializer", Initializer)
+projectors = _typed("projector", Projector)
+evaluators = _typed("evaluator", Evaluator)

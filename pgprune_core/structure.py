@@ -1,0 +1,192 @@
+"""A model-agnostic description of where the prunable units of a decoder-only LLM are.
+
+Adapters *describe* a loaded model as sites (one :class:`LayerSite` per decoder layer,
+holding its :class:`AttentionSite` and :class:`MlpSite`); granularities turn sites into
+:class:`UnitSet` s (one entry per prunable unit, with its exact parameter cost); a
+:class:`UnitLayout` concatenates the unit sets into the flat vector that the policy
+optimises.  Nothing here knows a particular architecture.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+
+@dataclass(frozen=True)
+class ModuleNames:
+    """Attribute names of the blocks inside a layer, as the adapter knows them.
+
+    They are saved into a pruned model's config so that the generic modeling file can
+    rebuild the per-layer shapes without architecture knowledge of its own.
+    """
+
+    layers: str = "model.layers"
+    attention: str = "self_attn"
+    mlp: str = "mlp"
+    q_proj: str = "q_proj"
+    k_proj: str = "k_proj"
+    v_proj: str = "v_proj"
+    o_proj: str = "o_proj"
+    gate_proj: str = "gate_proj"
+    up_proj: str = "up_proj"
+    down_proj: str = "down_proj"
+
+    def as_dict(self) -> dict[str, str]:
+        return dict(self.__dict__)
+
+
+@dataclass
+class AttentionSite:
+    """One attention block: projections and head geometry.  Units are KV groups: one KV
+    head and the ``n_heads // n_kv_heads`` query heads that share it (plain heads under MHA)."""
+
+    layer: int
+    module: nn.Module
+    q_proj: nn.Linear
+    k_proj: nn.Linear
+    v_proj: nn.Linear
+    o_proj: nn.Linear
+    n_heads: int
+    n_kv_heads: int
+    head_dim: int
+
+    @property
+    def group_size(self) -> int:
+        return self.n_heads // self.n_kv_heads if self.n_kv_heads else 0
+
+
+@dataclass
+class MlpSite:
+    """One gated MLP: ``down(act(gate(x)) * up(x))`` with ``intermediate_size`` channels."""
+
+    layer: int
+    module: nn.Module
+    gate_proj: nn.Linear
+    up_proj: nn.Linear
+    down_proj: nn.Linear
+    intermediate_size: int
+
+
+@dataclass
+class LayerSite:
+    """One decoder layer (residual block pair)."""
+
+    index: int
+    module: nn.Module
+    attention: AttentionSite
+    mlp: MlpSite
+
+    def n_params(self) -> int:
+        return sum(p.numel() for p in self.module.parameters())
+
+
+@dataclass
+class ModelStructure:
+    """What an adapter knows about a model: its layers, names and the list holding them."""
+
+    model: nn.Module
+    layers: list[LayerSite]
+    layer_list: nn.ModuleList
+    hidden_size: int
+    names: ModuleNames = field(default_factory=ModuleNames)
+    architecture: str = "llama"
+
+    @property
+    def n_layers(self) -> int:
+        return len(self.layers)
+
+    def total_params(self) -> int:
+        return sum(p.numel() for p in self.model.parameters())
+
+
+@dataclass
+class UnitSet:
+    """The units of one granularity (``kind``): per unit, its layer, its index inside the
+    layer (channel or KV group number; 0 for a layer unit) and its exact parameter cost."""
+
+    kind: str
+    layer: torch.Tensor  # int64 [n]
+    index: torch.Tensor  # int64 [n]
+    cost: torch.Tensor  # int64 [n]
+
+    def __post_init__(self) -> None:
+        n = self.layer.numel()
+        if self.index.numel() != n or self.cost.numel() != n:
+            raise ValueError(f"UnitSet {self.kind!r}: layer/index/cost lengths differ")
+
+    def __len__(self) -> int:
+        return int(self.layer.numel())
+
+
+@dataclass
+class UnitLayout:
+    """Unit sets concatenated in a fixed order: the index space of the policy vector ``s``."""
+
+    sets: list[UnitSet]
+
+    def __post_init__(self) -> None:
+        kinds = [u.kind for u in self.sets]
+        if len(set(kinds)) != len(kinds):
+            raise ValueError(f"a granularity appears twice: {kinds}")
+        self.offsets: dict[str, slice] = {}
+        start = 0
+        for unit_set in self.sets:
+            self.offsets[unit_set.kind] = slice(start, start + len(unit_set))
+            start += len(unit_set)
+        self.size = start
+
+    @property
+    def kinds(self) -> list[str]:
+        return [u.kind for u in self.sets]
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __iter__(self) -> Iterator[UnitSet]:
+        return iter(self.sets)
+
+    def __getitem__(self, kind: str) -> UnitSet:
+        for unit_set in self.sets:
+            if unit_set.kind == kind:
+                return unit_set
+        raise KeyError(kind)
+
+    def cat(self, attr: str) -> torch.Tensor:
+        """``layer``, ``index`` or ``cost`` of every unit, in layout order."""
+        if not self.sets:
+            return torch.zeros(0, dtype=torch.int64)
+        return torch.cat([getattr(u, attr) for u in self.sets])
+
+    @property
+    def cost(self) -> torch.Tensor:
+        return self.cat("cost")
+
+    @property
+    def layer(self) -> torch.Tensor:
+        return self.cat("layer")
+
+    def kind_ids(self) -> torch.Tensor:
+        """int64 [n]: position of each unit's kind in :attr:`kinds`."""
+        return torch.cat(
+            [torch.full((len(u),), i, dtype=torch.int64) for i, u in enumerate(self.sets)]
+        ) if self.sets else torch.zeros(0, dtype=torch.int64)
+
+    def split(self, vector: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Split a ``[..., n]`` tensor into ``{kind: [..., n_kind]}`` views."""
+        if vector.shape[-1] != self.size:
+            raise ValueError(f"expected last dimension {self.size}, got {vector.shape[-1]}")
+        return {kind: vector[..., sl] for kind, sl in self.offsets.items()}
+
+    def join(self, parts: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """Inverse of :meth:`split`."""
+        return torch.cat([parts[kind] for kind in self.kinds], dim=-1)
+
+    def protected(self, layers: Sequence[int]) -> torch.Tensor:
+        """bool [n]: the units that lie in one of ``layers``."""
+        if not layers:
+            return torch.zeros(self.size, dtype=torch.bool)
+        return torch.isin(self.layer, torch.tensor(sorted(set(layers)), dtype=torch.int64))

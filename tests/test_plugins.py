@@ -1,0 +1,160 @@
+"""Plugin discovery, attribution, duplicate refusal, broken-plugin isolation, disabling."""
+
+from __future__ import annotations
+
+import sys
+import types
+from importlib import metadata
+from typing import Literal
+
+import pytest
+from pydantic import create_model
+
+from pgprune_core import Estimator, PluginConfig, StepContext, StepStats, hookimpl
+from pgprune_core.errors import UnknownPluginError
+from pgprune_core.plugins import DEFAULT_PLUGINS, PluginSet
+from pgprune_core.registry import Registry, estimators, get_registry, temporary_plugin
+
+
+def _estimator_plugin(name: str, option_default: int = 1) -> types.SimpleNamespace:
+    Config = create_model(
+        "Config", __base__=PluginConfig,
+        name=(Literal[name], name), option=(int, option_default),  # type: ignore[valid-type]
+    )
+
+    cls = type(
+        f"Est_{name}",
+        (Estimator,),
+        {"name": name, "Config": Config, "__doc__": f"Estimator {name}.",
+         "step": lambda self, ctx: StepStats(loss=0.0)},
+    )
+
+    @hookimpl
+    def pgprune_register_estimators(register):
+        register(cls)
+
+    return types.SimpleNamespace(pgprune_register_estimators=pgprune_register_estimators, cls=cls)
+
+
+def test_builtins_are_registered_as_plugins(registry):
+    for name in DEFAULT_PLUGINS:
+        assert registry.plugins.pm.get_plugin(name) is not None
+    spec = registry.get("projector", "bisection")
+    assert spec.origin.distribution == "pgprune"
+    assert spec.origin.plugin == "builtin-projectors"
+    assert "none" in estimators()
+
+
+def test_temporary_plugin_is_registered_then_removed(registry):
+    plugin = _estimator_plugin("throwaway")
+    with temporary_plugin(plugin, "throwaway-plugin", distribution="throwaway-dist"):
+        spec = get_registry().get("estimator", "throwaway")
+        assert spec.cls is plugin.cls
+        assert spec.origin.distribution == "throwaway-dist"
+        assert spec.description == "Estimator throwaway."
+    assert "throwaway" not in get_registry().names("estimator")
+
+
+def test_duplicate_name_is_refused_with_both_origins(registry):
+    first, second = _estimator_plugin("dup"), _estimator_plugin("dup", option_default=2)
+    with temporary_plugin(first, "first-plugin", distribution="dist-one"):
+        with temporary_plugin(second, "second-plugin", distribution="dist-two") as reg:
+            assert reg.get("estimator", "dup").cls is first.cls  # the first one stays
+            failure = next(f for f in reg.failures if f.plugin == "second-plugin")
+            assert "dist-one" in failure.error and "dist-two" in failure.error
+            assert "registered twice" in failure.error
+
+
+def test_broken_hook_is_isolated(registry):
+    @hookimpl
+    def pgprune_register_estimators(register):
+        raise ImportError("No module named 'missing_dependency'")
+
+    broken = types.SimpleNamespace(pgprune_register_estimators=pgprune_register_estimators)
+    good = _estimator_plugin("still-works")
+    with temporary_plugin(broken, "broken-plugin", distribution="broken-dist"):
+        with temporary_plugin(good, "good-plugin") as reg:
+            assert "still-works" in reg.names("estimator")
+            (failure,) = [f for f in reg.failures if f.plugin == "broken-plugin"]
+            assert failure.distribution == "broken-dist"
+            assert "missing_dependency" in failure.error
+
+
+def test_invalid_plugin_class_is_reported(registry):
+    class NoConfigName(Estimator):
+        """Misses the name literal in its Config."""
+
+        name = "bad-config"
+
+        def step(self, ctx: StepContext) -> StepStats:
+            return StepStats(loss=0.0)
+
+    @hookimpl
+    def pgprune_register_estimators(register):
+        register(NoConfigName)
+
+    plugin = types.SimpleNamespace(pgprune_register_estimators=pgprune_register_estimators)
+    with temporary_plugin(plugin, "bad-plugin") as reg:
+        (failure,) = [f for f in reg.failures if f.plugin == "bad-plugin"]
+        assert "Literal['bad-config']" in failure.error
+
+
+class _FakeDist:
+    def __init__(self, name: str, version: str) -> None:
+        self.metadata = {"Name": name}
+        self.version = version
+
+
+class _FakeEntryPoint:
+    def __init__(self, name: str, target, dist: _FakeDist) -> None:
+        self.name, self._target, self.dist = name, target, dist
+
+    def load(self):
+        if isinstance(self._target, Exception):
+            raise self._target
+        return self._target
+
+
+def test_entry_point_import_failure_is_reported_and_others_load(monkeypatch):
+    good_module = types.ModuleType("good_ep_module")
+    good = _estimator_plugin("from-entry-point")
+    good_module.pgprune_register_estimators = good.pgprune_register_estimators
+    eps = [
+        _FakeEntryPoint("broken-ep", ModuleNotFoundError("No module named 'nope'"),
+                        _FakeDist("pgprune-broken", "0.9")),
+        _FakeEntryPoint("good-ep", good_module, _FakeDist("pgprune-good", "2.0")),
+    ]
+    monkeypatch.setattr(metadata, "entry_points", lambda group: eps if group == "pgprune" else [])
+    reg = Registry(PluginSet())
+    assert reg.get("estimator", "from-entry-point").origin.distribution == "pgprune-good"
+    (failure,) = reg.failures
+    assert (failure.plugin, failure.distribution, failure.version) == ("broken-ep", "pgprune-broken", "0.9")
+    assert "No module named 'nope'" in failure.error
+
+
+def test_disable_list_skips_plugins_and_components(monkeypatch):
+    monkeypatch.setenv("PGPRUNE_DISABLE_PLUGINS", "builtin-projectors, none")
+    reg = Registry(PluginSet())
+    assert "bisection" not in reg.names("projector")
+    assert "none" not in reg.names("estimator")
+
+
+def test_unknown_name_lists_valid_ones(registry):
+    with pytest.raises(UnknownPluginError) as info:
+        registry.get("estimator", "nosuch")
+    assert "valid estimators:" in str(info.value) and "none" in str(info.value)
+
+
+def test_plugin_modules_do_not_leak_into_sys_modules_of_core():
+    """The core never imports a plugin distribution's package itself."""
+    import pgprune_core  # noqa: F401
+
+    core_modules = [m for m in sys.modules if m.startswith("pgprune_core")]
+    for name in core_modules:
+        module = sys.modules[name]
+        source = getattr(module, "__file__", "") or ""
+        if source.endswith(".py"):
+            text = open(source, encoding="utf-8").read()
+            for plugin_pkg in ("pgprune_reinforce", "pgprune_llama", "pgprune_mistral",
+                               "pgprune_gumbel", "pgprune_ppo", "pgprune_lm_eval"):
+                assert f"import {plugin_pkg}" not in text and f"from {plugin_pkg}" not in text, name
