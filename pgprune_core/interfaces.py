@@ -15,6 +15,7 @@ from __future__ import annotations
 import abc
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 import torch
@@ -240,6 +241,8 @@ class EvalContext:
     seed: int = 0
     #: metrics of the dense model, when measuring the pruned one (for ratios)
     reference: Mapping[str, Any] | None = None
+    #: directory the model is saved in, if any (for size on disk)
+    model_path: Path | None = None
 
 
 class Evaluator(Plugin):

@@ -28,8 +28,11 @@ DISABLE_ENV = "PGPRUNE_DISABLE_PLUGINS"
 
 #: Built-in plugins, registered like any other plugin (name -> module path).
 DEFAULT_PLUGINS: dict[str, str] = {
+    "builtin-granularities": "pgprune_core.builtins.granularities",
     "builtin-projectors": "pgprune_core.builtins.projectors",
     "builtin-estimators": "pgprune_core.builtins.estimators",
+    "builtin-initializers": "pgprune_core.builtins.initializers",
+    "builtin-evaluators": "pgprune_core.builtins.evaluators",
 }
 
 
@@ -91,7 +94,11 @@ class PluginSet:
         for name, module_path in DEFAULT_PLUGINS.items():
             if name in self.disabled:
                 continue
-            module = importlib.import_module(module_path)
+            try:
+                module = importlib.import_module(module_path)
+            except Exception as exc:  # reported like any plugin, so the rest still works
+                self.failures.append(LoadFailure(name, "pgprune", version, _describe_exception(exc)))
+                continue
             self.add(module, PluginOrigin(name, "pgprune", version))
         if load_entry_points:
             self._load_entry_points()
