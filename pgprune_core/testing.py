@@ -1,0 +1,143 @@
+"""Tiny in-process models and tokenizers for tests (ours and plugin authors').
+
+Nothing here downloads anything: models are built from a config with seeded random
+weights, tokenizers are trained in a fraction of a second on text that ships with Python.
+"""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+
+Arch = Literal["llama", "llama3", "mistral"]
+
+
+def tiny_config(
+    arch: Arch = "llama",
+    *,
+    vocab_size: int = 320,
+    hidden_size: int = 32,
+    intermediate_size: int = 48,
+    num_hidden_layers: int = 4,
+    num_attention_heads: int = 4,
+    num_key_value_heads: int | None = None,
+    tie_word_embeddings: bool = False,
+    **extra: Any,
+) -> Any:
+    """A transformers config of a tiny model of the given family.
+
+    ``llama``: LLaMA-2-like multi-head attention; ``llama3``: grouped-query attention (2 KV
+    heads) with llama3 rope scaling; ``mistral``: GQA with a sliding window.
+    """
+    from transformers import LlamaConfig, MistralConfig
+
+    common = dict(
+        vocab_size=vocab_size,
+        hidden_size=hidden_size,
+        intermediate_size=intermediate_size,
+        num_hidden_layers=num_hidden_layers,
+        num_attention_heads=num_attention_heads,
+        max_position_embeddings=256,
+        tie_word_embeddings=tie_word_embeddings,
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=0,
+    )
+    if arch == "llama":
+        kv = num_key_value_heads or num_attention_heads
+        return LlamaConfig(**common, num_key_value_heads=kv, **extra)
+    if arch == "llama3":
+        kv = num_key_value_heads or max(1, num_attention_heads // 2)
+        rope = {
+            "rope_type": "llama3",
+            "rope_theta": 500000.0,
+            "factor": 8.0,
+            "low_freq_factor": 1.0,
+            "high_freq_factor": 4.0,
+            "original_max_position_embeddings": 64,
+        }
+        return LlamaConfig(**common, num_key_value_heads=kv, rope_parameters=rope, **extra)
+    if arch == "mistral":
+        kv = num_key_value_heads or max(1, num_attention_heads // 2)
+        return MistralConfig(**common, num_key_value_heads=kv, sliding_window=16, **extra)
+    raise ValueError(f"unknown tiny architecture {arch!r}")
+
+
+def tiny_model(arch: Arch = "llama", *, seed: int = 0, dtype: torch.dtype = torch.float32,
+               **config_kwargs: Any) -> Any:
+    """A randomly initialised tiny causal LM in eval mode (weights scaled up a little so
+    that masking units changes the logits visibly)."""
+    from transformers import AutoModelForCausalLM
+
+    config = tiny_config(arch, **config_kwargs)
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if param.dim() == 2 and "embed" not in name:
+                param.normal_(0.0, 0.2)
+    return model.eval()
+
+
+
+
+@functools.lru_cache(maxsize=1)
+def _training_text() -> str:
+    """Text shipped with Python: the docstrings of a few standard-library modules."""
+    import argparse
+    import collections
+    import json
+    import pathlib
+
+    parts = []
+    for module in (argparse, collections, json, pathlib):
+        for obj in vars(module).values():
+            doc = getattr(obj, "__doc__", None)
+            if isinstance(doc, str):
+                parts.append(doc)
+    return "\n\n".join(parts)
+
+
+def tiny_tokenizer(vocab_size: int = 320) -> Any:
+    """A byte-level BPE ``PreTrainedTokenizerFast`` (``<s>`` prepended, ``</s>`` = EOS)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE(unk_token=None))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=["<pad>", "<s>", "</s>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(_training_text().split("\n\n"), trainer=trainer)
+    tok.post_processor = processors.TemplateProcessing(
+        single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", 1)]
+    )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>",
+        model_max_length=4096,
+    )
+
+
+def sample_text(n_chars: int = 20000) -> str:
+    """Deterministic English-ish text for calibration/evaluation in tests."""
+    text = _training_text()
+    while len(text) < n_chars:
+        text = text + "\n\n" + text
+    return text[:n_chars]
+
+
+def save_tiny_model(path: str | Path, arch: Arch = "llama", **kwargs: Any) -> Path:
+    """Write a tiny model and its tokenizer as a normal HF directory; returns ``path``."""
+    path = Path(path)
+    model = tiny_model(arch, **kwargs)
+    tokenizer = tiny_tokenizer(model.config.vocab_size)
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
