@@ -7,14 +7,13 @@ atomically: a killed process leaves either the previous checkpoint or the new on
 
 from __future__ import annotations
 
-import os
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from .artifacts import atomic_path
 from .errors import RunDirError
 
 FORMAT = "pgprune-checkpoint/1"
@@ -57,17 +56,8 @@ def save_checkpoint(path: Path, ckpt: Checkpoint) -> None:
         "estimator": ckpt.estimator,
         "config_digest": ckpt.config_digest,
     }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            torch.save(payload, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
 
 
 def load_checkpoint(path: Path) -> Checkpoint:

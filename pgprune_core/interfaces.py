@@ -136,8 +136,10 @@ class InitContext:
     granularities: Mapping[str, Granularity]
     device: torch.device
     seed: int
-    #: A fresh iterator over calibration batches (int64 [B, T]) each call, or None.
-    calibration: Callable[[], Iterator[torch.Tensor]] | None = None
+    #: ``calibration(n_sequences, seq_len)``: a fresh, deterministic iterator over batches
+    #: (int64 [B, seq_len]) holding ``n_sequences`` calibration windows in all; None when
+    #: the run has no calibration data.
+    calibration: Callable[[int, int], Iterator[torch.Tensor]] | None = None
     #: Evaluates losses of masked models without autograd (see masking.LossOracle).
     oracle: Any = None
 

@@ -1,0 +1,24 @@
+"""``pgprune resume RUN_DIR``: continue a stopped or killed run from its last checkpoint."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+
+def resume(
+    run_dir: Annotated[Path, typer.Argument(help="A run directory written by `pgprune run`.")],
+) -> None:
+    """Continue a run; it ends with exactly the masks of an uninterrupted run."""
+    from ..pipeline import run_pipeline
+    from ..rundir import RunDir
+    from .progress import RichReporter
+
+    config = RunDir(run_dir).load_config()
+    run_pipeline(config, reporter=RichReporter(), resume=run_dir)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("resume")(resume)
