@@ -245,6 +245,8 @@ class EvalContext:
     reference: Mapping[str, Any] | None = None
     #: directory the model is saved in, if any (for size on disk)
     model_path: Path | None = None
+    #: progress of long loops (a ``pgprune_core.reporting.Reporter``); None = silent
+    reporter: Any = None
 
 
 class Evaluator(Plugin):

@@ -105,7 +105,7 @@ def tokenize_source(
     source: Any,
     tokenizer: Any,
     *,
-    joining: Joining,
+    joining: Joining = "eos",
     cache_dir: str | Path | None = None,
     reporter: Reporter | None = None,
 ) -> torch.Tensor:
