@@ -1,0 +1,45 @@
+"""``magnitude``: the root-mean-square of each unit's own weights (no data needed).
+
+Score of a unit = ``sqrt(sum w^2 / count)`` over the entries it owns
+(:mod:`.unit_params`): its L2 norm divided by ``sqrt`` of its parameter count.  Inside a
+kind every unit owns the same number of entries in a dense model, so this ranks exactly
+like the plain L2 norm; the division puts channels, heads and layers on one scale (an
+average weight size), which matters only when a ``global`` budget ranks kinds against each
+other.  Cost: one pass over the weights, no forward pass, no extra memory.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+from typing import Literal
+
+import torch
+
+from ..config_base import InitializerConfig
+from ..interfaces import InitContext
+from ..structure import LayerSite
+from .base import CheckedInitializer
+from .unit_params import gather_units, layer_unit_sums
+
+
+class MagnitudeInitializer(CheckedInitializer):
+    """RMS of each unit's own weights (data-free baseline)."""
+
+    name = "magnitude"
+    kinds = frozenset({"channel", "head", "layer"})
+    needs_calibration = False
+
+    class Config(InitializerConfig):
+        name: Literal["magnitude"] = "magnitude"
+
+    @torch.no_grad()
+    def compute(self, ctx: InitContext) -> torch.Tensor:
+        return torch.cat([gather_units(ctx.structure, unit_set, partial(unit_rms, kind=unit_set.kind))
+                          for unit_set in ctx.layout])
+
+
+def unit_rms(site: LayerSite, kind: str) -> torch.Tensor:
+    """float32 [units of ``kind`` in the layer]: RMS of each unit's own entries."""
+    squares = layer_unit_sums(site, kind, lambda p: p.detach().square())
+    counts = layer_unit_sums(site, kind, lambda p: torch.ones_like(p, dtype=torch.float32))
+    return (squares / counts).sqrt()

@@ -1,0 +1,43 @@
+"""``random``: independent uniform scores, seeded by the run's seed (paper's *Random* init).
+
+Started from these, sigmoid-norm gives a random spread of probabilities around the keep
+ratio; ``--schedule random-progressive`` (paper App. A.12) starts here at a 5 % rate.
+Alone (``--estimator none``) it is the random-mask baseline.
+
+The generator's seed is derived from the run's seed and a fixed tag rather than being the
+seed itself: the optimisation loop seeds its own generator with the run's seed, and were
+the two streams identical, the first uniforms used to sample masks would be the very
+numbers the initial probabilities were made from, coupling the first samples to the start.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Literal
+
+import torch
+
+from ..config_base import InitializerConfig
+from ..interfaces import InitContext
+from .base import CheckedInitializer
+
+
+def derived_seed(seed: int, tag: str) -> int:
+    """A 63-bit seed that depends on ``seed`` and ``tag`` only (stable across processes)."""
+    digest = hashlib.sha256(f"{tag}:{seed}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") & (2**63 - 1)
+
+
+class RandomInitializer(CheckedInitializer):
+    """Uniform random scores from a generator seeded by the run's seed."""
+
+    name = "random"
+    kinds = frozenset({"channel", "head", "layer"})
+    needs_calibration = False
+
+    class Config(InitializerConfig):
+        name: Literal["random"] = "random"
+
+    def compute(self, ctx: InitContext) -> torch.Tensor:
+        generator = torch.Generator().manual_seed(derived_seed(ctx.seed, "pgprune-random-init"))
+        return torch.rand(len(ctx.layout), generator=generator, dtype=torch.float64)

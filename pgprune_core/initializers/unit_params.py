@@ -1,0 +1,128 @@
+"""Which parameter entries belong to which unit, and per-unit reductions over them.
+
+A unit's *own* parameters are the entries that disappear when the unit is cut out:
+
+- ``channel`` j of an MLP: row j of ``gate_proj`` and ``up_proj`` (and their bias entries)
+  and column j of ``down_proj``;
+- ``head`` g (a KV group under GQA, a plain head under MHA): the rows of ``q_proj`` of its
+  query heads, the rows of ``k_proj`` and ``v_proj`` of its KV head (and their bias
+  entries) and the columns of ``o_proj`` of its query heads;
+- ``layer`` l: every parameter of the decoder layer (norms included).
+
+Biases of ``down_proj`` and ``o_proj`` are shared by all units of the block and belong to
+none.  Magnitude and Taylor both reduce element-wise quantities (``w^2``, ``w * dL/dw``)
+over exactly these entries; keeping the map in one place means they cannot disagree on
+what a unit is.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from ..errors import ConfigError
+from ..structure import LayerSite, ModelStructure, UnitSet
+
+#: element-wise values of one parameter (same shape) -> one number per unit of the layer
+Reduce = Callable[[torch.Tensor], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class UnitSlice:
+    """One parameter and how to sum a same-shaped tensor over each unit's entries of it."""
+
+    param: nn.Parameter
+    reduce: Reduce
+
+
+def _rows(groups: int) -> Reduce:
+    """Output rows (dim 0) split into ``groups`` contiguous blocks, one per unit."""
+    return lambda x: x.reshape(x.shape[0], -1).sum(1).reshape(groups, -1).sum(1)
+
+
+def _columns(groups: int) -> Reduce:
+    """Input columns (dim 1) split into ``groups`` contiguous blocks, one per unit."""
+    return lambda x: x.sum(0).reshape(groups, -1).sum(1)
+
+
+def _whole(x: torch.Tensor) -> torch.Tensor:
+    return x.sum().reshape(1)
+
+
+def unit_slices(site: LayerSite, kind: str) -> list[UnitSlice]:
+    """The parameters of one decoder layer that the units of ``kind`` own, with reducers."""
+    if kind == "channel":
+        mlp = site.mlp
+        n = mlp.intermediate_size
+        slices = [UnitSlice(mlp.gate_proj.weight, _rows(n)), UnitSlice(mlp.up_proj.weight, _rows(n)),
+                  UnitSlice(mlp.down_proj.weight, _columns(n))]
+        slices += [UnitSlice(lin.bias, _rows(n)) for lin in (mlp.gate_proj, mlp.up_proj)
+                   if lin.bias is not None]
+        return slices
+    if kind == "head":
+        att = site.attention
+        g = att.n_kv_heads
+        slices = [UnitSlice(lin.weight, _rows(g)) for lin in (att.q_proj, att.k_proj, att.v_proj)]
+        slices.append(UnitSlice(att.o_proj.weight, _columns(g)))
+        slices += [UnitSlice(lin.bias, _rows(g)) for lin in (att.q_proj, att.k_proj, att.v_proj)
+                   if lin.bias is not None]
+        return slices
+    if kind == "layer":
+        return [UnitSlice(param, _whole) for param in site.module.parameters()]
+    raise ConfigError(f"no parameter map for granularity '{kind}'; known: channel, head, layer")
+
+
+def unit_parameters(structure: ModelStructure, kinds: Sequence[str]) -> list[nn.Parameter]:
+    """Every parameter owned by a unit of one of ``kinds`` (each once)."""
+    seen: dict[int, nn.Parameter] = {}
+    for site in structure.layers:
+        for kind in kinds:
+            for unit_slice in unit_slices(site, kind):
+                seen.setdefault(id(unit_slice.param), unit_slice.param)
+    return list(seen.values())
+
+
+def layer_unit_sums(
+    site: LayerSite,
+    kind: str,
+    values: Callable[[nn.Parameter], torch.Tensor],
+    *,
+    abs_per_parameter: bool = False,
+) -> torch.Tensor:
+    """float32 [units of ``kind`` in this layer]: ``values(param)`` summed over each unit's
+    entries, summed over the unit's parameters.  With ``abs_per_parameter`` the absolute
+    value is taken per parameter before summing across parameters (LLM-Pruner's
+    ``vectorize`` Taylor)."""
+    total: torch.Tensor | None = None
+    for unit_slice in unit_slices(site, kind):
+        part = unit_slice.reduce(values(unit_slice.param).to(torch.float32))
+        if abs_per_parameter:
+            part = part.abs()
+        total = part if total is None else total + part.to(total.device)
+    if total is None:
+        raise ConfigError(f"layer {site.index} has no parameters for granularity '{kind}'")
+    return total
+
+
+def gather_units(
+    structure: ModelStructure, unit_set: UnitSet, per_layer: Callable[[LayerSite], torch.Tensor]
+) -> torch.Tensor:
+    """float64 [len(unit_set)]: ``per_layer(site)[index]`` for every unit, in the unit set's
+    order (``per_layer`` returns one value per unit of the kind in that layer)."""
+    sites = {site.index: site for site in structure.layers}
+    layers = sorted(set(unit_set.layer.tolist()))
+    values = {layer: per_layer(sites[layer]).detach().to("cpu", torch.float64).flatten()
+              for layer in layers}
+    flat = torch.cat([values[layer] for layer in layers]) if layers else torch.zeros(0)
+    starts = torch.zeros(max(layers, default=-1) + 1, dtype=torch.int64)
+    sizes = torch.zeros_like(starts)
+    offset = 0
+    for layer in layers:
+        starts[layer], sizes[layer] = offset, values[layer].numel()
+        offset += values[layer].numel()
+    if bool((unit_set.index >= sizes[unit_set.layer]).any()):
+        raise ValueError(f"{unit_set.kind} unit indices exceed the units the layers hold")
+    return flat[starts[unit_set.layer] + unit_set.index]
