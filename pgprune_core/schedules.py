@@ -39,16 +39,23 @@ def learning_rate(base_lr: float, step: int, total_steps: int, kind: ScheduleKin
     raise ConfigError(f"unknown learning-rate schedule {kind!r}; choose constant or cosine")
 
 
-def steps_scaled_lr(base_lr: float, total_steps: int, reference_steps: int) -> float:
-    """``base_lr * max(1, reference_steps / total_steps)``.
+def steps_scaled_lr(
+    base_lr: float, total_steps: int, reference_steps: int, max_scale: float = math.inf
+) -> float:
+    """``base_lr * min(max_scale, max(1, reference_steps / total_steps))``.
 
     A rate chosen for a ``reference_steps``-step run, applied to a shorter run, is raised
     so that both runs have the same total movement (sum of step sizes under the same
     schedule shape).  Longer runs keep ``base_lr``: more steps at the paper's rate only
     average more noise away, and shrinking the rate would gain nothing measured.
+    ``max_scale`` bounds the extrapolation: the noise of a run grows like
+    ``lr * sqrt(steps)``, so matching the movement of a very short run (tens of steps)
+    would mostly randomise the initial probabilities.
     """
     if reference_steps <= 0:
         raise ConfigError(f"the reference step count must be positive, got {reference_steps}")
+    if max_scale < 1.0:
+        raise ConfigError(f"the largest lr scale must be >= 1, got {max_scale}")
     if total_steps <= 0:
         return float(base_lr)
-    return float(base_lr) * max(1.0, reference_steps / total_steps)
+    return float(base_lr) * min(max_scale, max(1.0, reference_steps / total_steps))

@@ -286,7 +286,8 @@ def _optimise(config: ReinforceEstimator.Config, steps: int) -> tuple[float, flo
 
 
 def test_default_estimator_finds_the_best_units_under_the_budget() -> None:
-    """The defaults (lr 2e-3 scaled from 15k steps) solve a 300-step problem."""
+    """The defaults (lr 2e-3 for 15k steps, raised by the capped factor 15 to 3e-2) solve
+    a 300-step problem."""
     steps = 300
     start, end, keep, oracle = _optimise(ReinforceEstimator.Config(), steps)
     _, importance, _ = _importance_problem()
@@ -315,6 +316,9 @@ def test_learning_rate_scaling_rule() -> None:
     assert estimator.effective_lr(750, 1500) == pytest.approx(1e-2)
     assert estimator.effective_lr(0, 15000) == pytest.approx(2e-3)
     assert estimator.effective_lr(0, 60000) == pytest.approx(2e-3)  # never scaled down
+    assert estimator.effective_lr(0, 30) == pytest.approx(3e-2)  # at most 15x
+    uncapped = ReinforceEstimator(ReinforceEstimator.Config(lr_max_scale=1e9))
+    assert uncapped.effective_lr(0, 30) == pytest.approx(1.0)
     fixed = ReinforceEstimator(ReinforceEstimator.Config(scale_lr_to_steps=False))
     assert fixed.effective_lr(0, 1500) == pytest.approx(2e-3)
     constant = ReinforceEstimator(ReinforceEstimator.Config(schedule="constant"))
@@ -361,3 +365,6 @@ def test_schedule_shapes() -> None:
     with pytest.raises(ConfigError):
         learning_rate(1.0, 0, 10, "linear")  # type: ignore[arg-type]
     assert steps_scaled_lr(1.0, 0, 100) == 1.0
+    assert steps_scaled_lr(1.0, 10, 100, max_scale=4.0) == 4.0
+    with pytest.raises(ConfigError):
+        steps_scaled_lr(1.0, 10, 100, max_scale=0.5)
