@@ -171,6 +171,15 @@ class StepContext:
     step: int
     total_steps: int
     generator: torch.Generator
+    #: the length, in steps, of the run this stage belongs to, as estimators that scale
+    #: their step size to the run length should see it: ``total_steps`` for a fixed-rate
+    #: run; for a Random-Progressive stage (a fraction of an epoch) the stage length
+    #: divided by that fraction, so each stage moves as far as the paper's stages do
+    reference_steps: int | None = None
+
+    @property
+    def run_steps(self) -> int:
+        return self.reference_steps or self.total_steps
 
 
 @dataclass

@@ -39,6 +39,8 @@ class Stage:
     rate: float
     steps: int
     constraints: list[Any]
+    #: see ``StepContext.reference_steps``
+    reference_steps: int | None = None
 
 
 class StopRequest:
@@ -155,6 +157,7 @@ class OptimisationLoop:
                                 step=state.stage_step,
                                 total_steps=stage.steps,
                                 generator=self.generator,
+                                reference_steps=stage.reference_steps,
                             )
                         )
                         state.optimize_s += time.perf_counter() - started

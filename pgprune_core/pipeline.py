@@ -176,7 +176,9 @@ def plan_stages(config: RunConfig, prep: Prepared, steps_per_epoch: int) -> list
     stages = []
     for rate, n in zip(rates, steps, strict=True):
         budget = Budget(config.pruning.budget, prep.layout, rate, prep.protected)
-        stages.append(Stage(rate=rate, steps=n, constraints=budget.constraints()))
+        reference = n if training.schedule == "fixed" else round(n / training.progressive_stage_epochs)
+        stages.append(Stage(rate=rate, steps=n, constraints=budget.constraints(),
+                            reference_steps=max(1, reference)))
     return stages
 
 

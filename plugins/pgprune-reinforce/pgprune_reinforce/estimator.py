@@ -90,7 +90,7 @@ class ReinforceEstimator(Estimator):
         losses = losses.to(device="cpu", dtype=torch.float64).reshape(-1)
         if losses.numel() != cfg.n_samples:
             raise RuntimeError(f"the oracle returned {losses.numel()} losses for {cfg.n_samples} masks")
-        lr = self.effective_lr(ctx.step, ctx.total_steps)
+        lr = self.effective_lr(ctx.step, ctx.total_steps, ctx.run_steps)
         mean_loss = float(losses.mean())
         if not bool(torch.isfinite(losses).all()):
             self._skipped += 1
@@ -125,13 +125,15 @@ class ReinforceEstimator(Estimator):
         )
 
     # -- the pieces of Eq. 7 ------------------------------------------------------------
-    def effective_lr(self, step: int, total_steps: int) -> float:
-        """The learning rate of step ``step``: ``lr``, scaled to the run length when
-        ``scale_lr_to_steps`` (by at most ``lr_max_scale``), then shaped by the schedule."""
+    def effective_lr(self, step: int, total_steps: int, run_steps: int | None = None) -> float:
+        """The learning rate of step ``step`` of ``total_steps``: ``lr``, scaled to the run
+        length ``run_steps`` (default ``total_steps``; see ``StepContext.reference_steps``)
+        when ``scale_lr_to_steps`` (by at most ``lr_max_scale``), then shaped by the schedule."""
         cfg = self.config
         base = cfg.lr
         if cfg.scale_lr_to_steps:
-            base = steps_scaled_lr(cfg.lr, total_steps, cfg.lr_reference_steps, cfg.lr_max_scale)
+            base = steps_scaled_lr(cfg.lr, run_steps or total_steps, cfg.lr_reference_steps,
+                                   cfg.lr_max_scale)
         return learning_rate(base, step, total_steps, cfg.schedule)
 
     def advantages(self, losses: torch.Tensor) -> tuple[torch.Tensor, float | None]:
