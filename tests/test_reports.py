@@ -1,0 +1,62 @@
+"""report.md from metrics.json: the dense-vs-pruned table, pruning and run sections."""
+
+from __future__ import annotations
+
+from pgprune_core.config import resolve_config
+from pgprune_core.reports import comparison_rows, render_report, write_report
+
+METRICS = {
+    "dense": {
+        "params": 6_840_000, "params_non_embedding": 4_740_000,
+        "ppl": {"wikitext2": 150.63}, "ppl_tokens": {"wikitext2": 381_635}, "ppl_seq_len": 128,
+        "zero_shot": {"piqa": {"acc": 0.6, "acc_norm": 0.61}}, "zero_shot_average": 0.6,
+        "forward": {"batch_size": 1, "seq_len": 128, "latency_s": 0.02, "peak_memory_bytes": 2**30},
+        "generation": {"batch_size": 1, "new_tokens": 32, "tokens_per_s": 200.0},
+        "my_metric": 3.5,
+    },
+    "pruned": {
+        "params": 4_788_000, "params_non_embedding": 2_688_000,
+        "ppl": {"wikitext2": 186.7}, "ppl_seq_len": 128,
+        "zero_shot": {"piqa": {"acc": 0.55, "acc_norm": 0.56}}, "zero_shot_average": 0.55,
+        "forward": {"batch_size": 1, "seq_len": 128, "latency_s": 0.015, "peak_memory_bytes": 2**29},
+        "disk_bytes": 19 * 2**20,
+        "my_metric": 7.0,
+    },
+    "pruning": {"rate": 0.3, "budget": "per-type", "granularity": ["channel", "head"],
+                "prunable_params_removed": 0.3, "units_kept": {"channel": 2890, "head": 34},
+                "units_total": {"channel": 4128, "head": 48}},
+    "run": {"steps": 1500, "forward_passes": 24000, "backward_passes": 0, "optimize_s": 405.2,
+            "wall_s": 530.0, "peak_memory_bytes": 3 * 2**30, "peak_memory_method": "rss-sampled"},
+}
+
+
+def test_rows_cover_known_and_third_party_metrics():
+    rows = {r.label: r for r in comparison_rows([METRICS["dense"], METRICS["pruned"]])}
+    assert rows["parameters"].values == ["6,840,000", "4,788,000"]
+    assert rows["parameters"].ratio == "0.700×"
+    assert rows["perplexity wikitext2 (seq 128)"].values == ["150.63", "186.70"]
+    assert rows["piqa acc (%)"].values == ["60.00", "55.00"]
+    assert rows["forward latency (1×128)"].values == ["20.0 ms", "15.0 ms"]
+    assert rows["size on disk"].values == ["–", "19.0 MiB"] and rows["size on disk"].ratio == ""
+    assert rows["my_metric"].ratio == "2.000×"
+    assert "ppl_tokens" not in " ".join(rows)
+
+
+def test_report_sections_and_images(tmp_path):
+    config = resolve_config(None, {"data.calib_slice": "1800:2000", "estimator.name": "none"})
+    (tmp_path / "sparsity.png").write_bytes(b"png")
+    path = write_report(tmp_path / "report.md", METRICS, config)
+    text = path.read_text()
+    assert text.startswith("# pgprune report")
+    assert "| metric | dense | pruned | pruned / dense |" in text
+    assert "| perplexity wikitext2 (seq 128) | 150.63 | 186.70 | 1.239× |" in text
+    assert "| channel units kept | 2,890 of 4,128 (70.0%) |" in text
+    assert "| time in the optimisation loop | 6.8 min |" in text
+    assert "c4 [1800:2000], random segments of 128 tokens" in text
+    assert "![pruned fraction per layer](sparsity.png)" in text
+    assert "loss.png" not in text
+
+
+def test_single_side_report_has_no_ratio_column():
+    text = render_report({"pruned": {"params": 10, "ppl": {"x": 2.0}}})
+    assert "| metric | pruned |" in text and "pruned / dense" not in text
