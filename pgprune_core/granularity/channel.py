@@ -1,0 +1,75 @@
+"""The ``channel`` kind: MLP intermediate channels.
+
+Channel ``j`` of a gated MLP ``down(act(gate(x)) * up(x))`` is row ``j`` of ``gate_proj`` and
+of ``up_proj`` and column ``j`` of ``down_proj``.  Masking multiplies ``act(gate(x)) * up(x)``
+by the mask just before ``down_proj`` (as in the authors' code); a zero there contributes
+exactly what a physically removed channel contributes: nothing.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+
+from ..config_base import PluginConfig
+from ..interfaces import Granularity, Handle
+from ..pruned_modeling import set_intermediate_size
+from ..structure import MlpSite, ModelStructure, UnitSet
+from .rowmask import by_layer, full_width, input_scaler, is_all_ones
+from .slicing import keep_columns, keep_rows, kept_indices
+
+
+def channel_cost(site: MlpSite) -> int:
+    """Parameters one channel owns: a row of gate and up (with their bias entries) and a
+    column of down (down's bias belongs to the hidden size, not to a channel)."""
+    cost = site.gate_proj.in_features + site.up_proj.in_features + site.down_proj.out_features
+    cost += int(site.gate_proj.bias is not None) + int(site.up_proj.bias is not None)
+    return cost
+
+
+class ChannelGranularity(Granularity):
+    """MLP intermediate channels (gate/up rows and the down column of each channel)."""
+
+    name = "channel"
+    surgery_order = 0
+
+    class Config(PluginConfig):
+        name: Literal["channel"] = "channel"
+
+    def units(self, structure: ModelStructure) -> UnitSet:
+        layers, index, cost = [], [], []
+        for site in structure.layers:
+            width = site.mlp.intermediate_size
+            layers.append(torch.full((width,), site.index, dtype=torch.int64))
+            index.append(torch.arange(width, dtype=torch.int64))
+            cost.append(torch.full((width,), channel_cost(site.mlp), dtype=torch.int64))
+        empty = [torch.zeros(0, dtype=torch.int64)]
+        return UnitSet(self.name, torch.cat(layers or empty), torch.cat(index or empty),
+                       torch.cat(cost or empty))
+
+    def install(self, structure: ModelStructure, units: UnitSet,
+                row_masks: torch.Tensor) -> list[Handle]:
+        handles: list[Handle] = []
+        for layer, (index, columns) in by_layer(units, row_masks).items():
+            if is_all_ones(columns):
+                continue
+            site = structure.layers[layer].mlp
+            weight = site.down_proj.weight
+            mask = full_width(index, columns, site.intermediate_size)
+            mask = mask.to(device=weight.device, dtype=weight.dtype)
+            handles.append(site.down_proj.register_forward_pre_hook(input_scaler(mask)))
+        return handles
+
+    def remove(self, structure: ModelStructure, units: UnitSet, keep: torch.Tensor) -> None:
+        for layer, (index, kept) in by_layer(units, keep.bool()).items():
+            dropped = index[~kept.cpu()]
+            if dropped.numel() == 0:
+                continue
+            site = structure.layers[layer].mlp
+            channels = kept_indices(site.intermediate_size, dropped)
+            keep_rows(site.gate_proj, channels)
+            keep_rows(site.up_proj, channels)
+            keep_columns(site.down_proj, channels)
+            site.intermediate_size = int(channels.numel())
+            set_intermediate_size(site.module, site.intermediate_size)

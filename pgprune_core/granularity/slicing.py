@@ -1,0 +1,47 @@
+"""Cutting rows or columns out of ``nn.Linear`` layers in place.
+
+Surgery keeps the module objects (and so their names, devices, dtypes and any hooks a caller
+installed) and swaps only their weight tensors: the pruned model is the same object graph
+with smaller matrices, which is what ``save_pretrained`` and the KV cache expect.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+def _replace(linear: nn.Linear, name: str, value: torch.Tensor) -> None:
+    old = getattr(linear, name)
+    setattr(linear, name, nn.Parameter(value.contiguous(), requires_grad=old.requires_grad))
+
+
+def keep_rows(linear: nn.Linear, rows: torch.Tensor) -> None:
+    """Keep only the output features ``rows`` (int64 indices, in order) of ``linear``."""
+    rows = rows.to(linear.weight.device)
+    with torch.no_grad():
+        _replace(linear, "weight", linear.weight.index_select(0, rows))
+        if linear.bias is not None:
+            _replace(linear, "bias", linear.bias.index_select(0, rows))
+    linear.out_features = int(rows.numel())
+
+
+def keep_columns(linear: nn.Linear, columns: torch.Tensor) -> None:
+    """Keep only the input features ``columns`` of ``linear`` (its bias is untouched)."""
+    columns = columns.to(linear.weight.device)
+    with torch.no_grad():
+        _replace(linear, "weight", linear.weight.index_select(1, columns))
+    linear.in_features = int(columns.numel())
+
+
+def head_features(heads: torch.Tensor, head_dim: int) -> torch.Tensor:
+    """Feature indices of whole heads: head ``h`` owns features ``h*head_dim ... + head_dim-1``."""
+    offsets = torch.arange(head_dim, dtype=torch.int64)
+    return (heads.to(torch.int64)[:, None] * head_dim + offsets[None, :]).reshape(-1)
+
+
+def kept_indices(width: int, dropped: torch.Tensor) -> torch.Tensor:
+    """``0..width-1`` without the ``dropped`` indices, in order."""
+    keep = torch.ones(width, dtype=torch.bool)
+    keep[dropped.to(torch.int64)] = False
+    return keep.nonzero().squeeze(1)

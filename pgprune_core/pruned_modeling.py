@@ -1,0 +1,180 @@
+"""Modeling code for a model pruned by pgprune: per-layer head counts and MLP widths.
+
+After global pruning every decoder layer has its own number of attention heads and MLP
+channels, and some layers may be gone; a stock ``from_pretrained`` builds equal layers and
+cannot load such weights.  This file is copied verbatim beside the weights of every saved
+pruned model (as ``modeling_pgprune.py``) and named in ``config.json``'s ``auto_map``, so::
+
+    AutoModelForCausalLM.from_pretrained(path, trust_remote_code=True)
+
+rebuilds the model, and ``pgprune_core.load_pruned(path)`` uses the very same code.  It
+imports only torch and transformers and knows no architecture: the ``pgprune`` section of
+the config names the transformers class to subclass (``base_class``), the attribute names
+of the blocks (``module_names``) and the shape of every layer (``layers``).  The base class
+builds the model with the dense shapes of ``config`` (whose ``num_hidden_layers`` already
+counts only the kept layers); the linear layers are then replaced by ones of the pruned
+shapes before the weights are loaded into them.
+"""
+
+from __future__ import annotations
+
+import importlib
+import warnings
+from typing import Any
+
+import torch
+from torch import nn
+
+#: the key of the config section this file reads
+SECTION = "pgprune"
+
+
+def import_object(dotted: str) -> Any:
+    """``"package.module.ClassName"`` -> the class (imported on demand)."""
+    module_name, _, attr = dotted.rpartition(".")
+    return getattr(importlib.import_module(module_name), attr)
+
+
+def record_empty_step(cache: Any, layer_idx: int, hidden_states: torch.Tensor, head_dim: int) -> None:
+    """Append zero-head keys/values for this step to ``cache`` (if any), so that a layer
+    without attention still advances the cache's length: generation reads the position of
+    the next token from there."""
+    if cache is None:
+        return
+    batch, length = hidden_states.shape[:2]
+    empty = hidden_states.new_zeros(batch, 0, length, head_dim)
+    cache.update(empty, empty, layer_idx)
+
+
+def set_head_counts(attention: nn.Module, n_heads: int, n_kv_heads: int) -> None:
+    """Update the head-count attributes an attention module reads in its forward."""
+    if n_kv_heads and hasattr(attention, "num_key_value_groups"):
+        setattr(attention, "num_key_value_groups", n_heads // n_kv_heads)  # noqa: B010
+    for name, value in (("num_heads", n_heads), ("num_key_value_heads", n_kv_heads)):
+        if hasattr(attention, name):
+            setattr(attention, name, value)
+
+
+def set_intermediate_size(mlp: nn.Module, size: int) -> None:
+    """Update the width attribute an MLP module carries (informational in transformers)."""
+    if hasattr(mlp, "intermediate_size"):
+        setattr(mlp, "intermediate_size", size)  # noqa: B010
+
+
+class EmptyAttention(nn.Module):
+    """An attention block whose heads were all pruned: it adds nothing to the residual
+    stream but the output projection's bias (if any), and still records the step in the KV
+    cache.  Its projections stay (with zero rows/columns) so the weight names are those of
+    the original block."""
+
+    def __init__(self, q_proj: nn.Linear, k_proj: nn.Linear, v_proj: nn.Linear,
+                 o_proj: nn.Linear, names: dict[str, str], head_dim: int, layer_idx: int) -> None:
+        super().__init__()
+        self.proj_names = {key: names[key] for key in ("q_proj", "k_proj", "v_proj", "o_proj")}
+        for key, module in zip(self.proj_names, (q_proj, k_proj, v_proj, o_proj), strict=True):
+            self.add_module(self.proj_names[key], module)
+        self.head_dim = head_dim
+        self.layer_idx = layer_idx
+
+    def forward(self, hidden_states: torch.Tensor, *args: Any,
+                past_key_values: Any = None, **kwargs: Any) -> tuple[torch.Tensor, None]:
+        record_empty_step(past_key_values, self.layer_idx, hidden_states, self.head_dim)
+        o_proj = getattr(self, self.proj_names["o_proj"])
+        return o_proj(hidden_states.new_zeros(*hidden_states.shape[:-1], 0)), None
+
+
+def _linear_like(old: nn.Linear, in_features: int, out_features: int) -> nn.Linear:
+    """A linear layer of the new shape on ``old``'s device and dtype (weights are loaded
+    afterwards; zero-sized ones are legal and initialise to nothing)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Initializing zero-element tensors")
+        return nn.Linear(in_features, out_features, bias=old.bias is not None,
+                         device=old.weight.device, dtype=old.weight.dtype)
+
+
+def _resize(parent: nn.Module, name: str, *, inputs: int | None = None,
+            outputs: int | None = None) -> nn.Linear:
+    old = getattr(parent, name)
+    new = _linear_like(old, old.in_features if inputs is None else inputs,
+                       old.out_features if outputs is None else outputs)
+    setattr(parent, name, new)
+    return new
+
+
+def rebuild_layers(model: nn.Module, section: dict[str, Any]) -> None:
+    """Give every decoder layer of ``model`` the shapes recorded in ``section``."""
+    names = section["module_names"]
+    layers: Any = model.get_submodule(names["layers"])
+    shapes = section["layers"]
+    if len(layers) != len(shapes):
+        raise ValueError(f"the model has {len(layers)} layers but the pgprune section "
+                         f"describes {len(shapes)}")
+    for index, (layer, shape) in enumerate(zip(layers, shapes, strict=True)):
+        attention = getattr(layer, names["attention"])
+        mlp = getattr(layer, names["mlp"])
+        head_dim, n_heads, n_kv = shape["head_dim"], shape["n_heads"], shape["n_kv_heads"]
+        projections = (
+            _resize(attention, names["q_proj"], outputs=n_heads * head_dim),
+            _resize(attention, names["k_proj"], outputs=n_kv * head_dim),
+            _resize(attention, names["v_proj"], outputs=n_kv * head_dim),
+            _resize(attention, names["o_proj"], inputs=n_heads * head_dim),
+        )
+        if n_heads == 0:
+            setattr(layer, names["attention"],
+                    EmptyAttention(*projections, names, head_dim, index))
+        else:
+            set_head_counts(attention, n_heads, n_kv)
+        width = shape["intermediate_size"]
+        _resize(mlp, names["gate_proj"], outputs=width)
+        _resize(mlp, names["up_proj"], outputs=width)
+        _resize(mlp, names["down_proj"], inputs=width)
+        set_intermediate_size(mlp, width)
+
+
+_CLASSES: dict[type, type] = {}
+
+
+def pruned_class(config: Any) -> Any:
+    """The subclass of the config's ``base_class`` that builds the pruned shapes."""
+    section = getattr(config, SECTION, None)
+    if not isinstance(section, dict) or "base_class" not in section:
+        raise ValueError(f"the config has no '{SECTION}' section naming the base class")
+    base = import_object(section["base_class"])
+    cls = _CLASSES.get(base)
+    if cls is None:
+
+        def __init__(self: Any, config: Any, *args: Any, **kwargs: Any) -> None:
+            base.__init__(self, config, *args, **kwargs)
+            rebuild_layers(self, getattr(config, SECTION))
+
+        cls = type(f"Pgprune{base.__name__}", (base,), {
+            "__init__": __init__,
+            "__module__": __name__,
+            "__doc__": f"{base.__name__} with per-layer shapes from the '{SECTION}' config section.",
+        })
+        _CLASSES[base] = cls
+    return cls
+
+
+class PgpruneForCausalLM:
+    """What ``auto_map`` names: picks the pruned subclass of the base class recorded in the
+    config, then lets it load exactly as the base class would."""
+
+    @classmethod
+    def register_for_auto_class(cls, auto_class: Any = "AutoModelForCausalLM") -> None:
+        """Nothing to register: the real class is made per base class by :func:`pruned_class`."""
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: Any, *model_args: Any,
+                        config: Any = None, **kwargs: Any) -> Any:
+        if config is None:
+            from transformers import AutoConfig
+
+            config = AutoConfig.from_pretrained(pretrained_model_name_or_path)
+        return pruned_class(config).from_pretrained(
+            pretrained_model_name_or_path, *model_args, config=config, **kwargs
+        )
+
+    @classmethod
+    def _from_config(cls, config: Any, **kwargs: Any) -> Any:
+        return pruned_class(config)._from_config(config, **kwargs)

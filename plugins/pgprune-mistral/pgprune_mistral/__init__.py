@@ -1,0 +1,5 @@
+"""pgprune adapter for Mistral-architecture models."""
+
+from .adapter import MistralAdapter
+
+__all__ = ["MistralAdapter"]

@@ -1,0 +1,40 @@
+"""The ``mistral`` adapter: what pgprune needs to know about MistralForCausalLM.
+
+Mistral is a llama-family decoder with grouped-query attention and a sliding attention
+window.  The window is a property of the attention call and of the KV cache (both read it
+from the config, which pruning keeps), so the generic machinery of
+:class:`pgprune_core.hf_adapter.HFDecoderAdapter` covers it with Mistral's class and names.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pgprune_core import PluginConfig
+from pgprune_core.hf_adapter import HFDecoderAdapter
+from pgprune_core.structure import ModuleNames
+
+MISTRAL_NAMES = ModuleNames(
+    layers="model.layers",
+    attention="self_attn",
+    mlp="mlp",
+    q_proj="q_proj",
+    k_proj="k_proj",
+    v_proj="v_proj",
+    o_proj="o_proj",
+    gate_proj="gate_proj",
+    up_proj="up_proj",
+    down_proj="down_proj",
+)
+
+
+class MistralAdapter(HFDecoderAdapter):
+    """Mistral (MistralForCausalLM): grouped-query attention with a sliding window."""
+
+    name = "mistral"
+    model_types = ("mistral",)
+    model_class = "transformers.MistralForCausalLM"
+    names = MISTRAL_NAMES
+
+    class Config(PluginConfig):
+        name: Literal["mistral"] = "mistral"

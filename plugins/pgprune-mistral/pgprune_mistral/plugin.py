@@ -1,0 +1,21 @@
+"""Entry point ``mistral``: registers the ``mistral`` adapter and resolves Mistral configs."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pgprune_core import hookimpl
+
+from .adapter import MistralAdapter
+
+
+@hookimpl
+def pgprune_register_adapters(register):  # type: ignore[no-untyped-def]
+    register(MistralAdapter)
+
+
+@hookimpl
+def pgprune_resolve_adapter(model_config: Any) -> str | None:
+    if getattr(model_config, "model_type", None) in MistralAdapter.model_types:
+        return MistralAdapter.name
+    return None
