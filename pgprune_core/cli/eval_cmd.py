@@ -1,0 +1,207 @@
+"""``pgprune eval MODEL_OR_RUN_DIR``: measure any model with the registered evaluators.
+
+Accepts a Hugging Face model directory or hub id (loaded through the adapter that claims
+it, or plain ``AutoModelForCausalLM`` when none does: measuring needs no architecture
+knowledge), a model saved by pgprune (its config has a ``pgprune`` section; loaded with
+``load_pruned``), or a run directory (its ``model/``).  Evaluator options are dotted
+options named after the evaluator: ``--perplexity.max_windows 50``, ``--lm-eval.tasks
+piqa,arc_easy``.  The result has the shape of one side of a run's ``metrics.json``.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any
+
+import torch
+import typer
+from pydantic import ValidationError
+from rich.table import Table
+
+from ..config import DTYPES, DataSection, parse_overrides
+from ..errors import ConfigError, ModelError
+from ..registry import get_registry
+from .console import console
+from .options import OVERRIDE_CONTEXT
+
+#: evaluators used when none is named (those of a run's default evaluation section)
+DEFAULT_EVALUATORS = ("perplexity", "efficiency")
+
+
+@dataclass
+class ModelToEvaluate:
+    model: Any
+    tokenizer: Any
+    #: local directory the weights came from (for size on disk), if any
+    path: Path | None
+    how: str
+
+
+def model_directory(target: str) -> Path | None:
+    """The model directory behind ``target``: a run directory's ``model/``, a local model
+    directory itself, or None for a hub id."""
+    path = Path(target).expanduser()
+    if not path.exists():
+        if target.startswith((".", "/", "~")) or target.count("/") > 1:
+            raise ModelError(f"no such model or run directory: {target}")
+        return None
+    if (path / "run.json").is_file() or ((path / "model").is_dir() and not (path / "config.json").exists()):
+        model = path / "model"
+        if not (model / "config.json").is_file():
+            raise ModelError(f"run directory {path} holds no saved model (was output.save_model false?)")
+        return model
+    if not (path / "config.json").is_file():
+        raise ModelError(f"{path} is neither a model directory (no config.json) nor a run directory")
+    return path
+
+
+def saved_by_pgprune(path: Path) -> bool:
+    """Whether ``path/config.json`` carries pgprune's section of per-layer shapes."""
+    from ..surgery import SECTION
+
+    try:
+        config = json.loads((path / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ModelError(f"{path / 'config.json'} is unreadable: {exc}") from None
+    return isinstance(config, dict) and SECTION in config
+
+
+def load_for_eval(target: str, directory: Path | None, dtype: str, device: str) -> ModelToEvaluate:
+    """Load ``target`` (see the module docstring; ``directory`` is its
+    :func:`model_directory`) with its tokenizer, in eval mode."""
+    from transformers import AutoTokenizer
+
+    from ..hf_adapter import DTYPES as TORCH_DTYPES
+    from ..hf_adapter import load_model_config
+    from ..interfaces import ModelSource
+
+    if directory is not None and saved_by_pgprune(directory):
+        from .. import load_pruned
+
+        model = load_pruned(directory, dtype=dtype, device=device)
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(directory)
+        except Exception as exc:
+            raise ModelError(f"cannot load the tokenizer saved in {directory}: {exc}") from None
+        return ModelToEvaluate(model, tokenizer, directory, "pgprune pruned model")
+    name = str(directory) if directory is not None else target
+    registry = get_registry()
+    adapter_name = registry.resolve_adapter(load_model_config(name))
+    if adapter_name is not None:
+        adapter = registry.cls("adapter", adapter_name)()
+        loaded = adapter.load(ModelSource(name_or_path=name, dtype=dtype, device=device))
+        return ModelToEvaluate(loaded.model, loaded.tokenizer, directory, f"adapter {adapter_name}")
+    from transformers import AutoModelForCausalLM
+
+    try:
+        model = AutoModelForCausalLM.from_pretrained(name, dtype=TORCH_DTYPES[dtype]).to(device)
+        tokenizer = AutoTokenizer.from_pretrained(name)
+    except Exception as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelError(f"cannot load {name} as a causal LM: {first}") from None
+    model.eval().requires_grad_(False)
+    return ModelToEvaluate(model, tokenizer, directory, "transformers AutoModelForCausalLM")
+
+
+def evaluator_configs(names: list[str], extra_args: list[str]) -> list[Any]:
+    """Each named evaluator's validated ``Config``, with its ``--NAME.key VALUE`` options."""
+    registry = get_registry()
+    options: dict[str, dict[str, Any]] = {name: {} for name in names}
+    for dotted, value in parse_overrides(extra_args).items():
+        owner, _, key = dotted.partition(".")
+        if owner not in options:
+            registry.get("evaluator", owner)  # an unknown name: list the valid ones
+            raise ConfigError(f"--{dotted} is an option of evaluator '{owner}', which is not "
+                              f"selected; add --evaluator {owner}")
+        options[owner][key] = value
+    configs = []
+    for name in names:
+        cls = registry.cls("evaluator", name)
+        try:
+            configs.append(cls.Config(**options[name]))
+        except ValidationError as exc:
+            error = exc.errors()[0]
+            where = ".".join(str(part) for part in error["loc"])
+            message = error["msg"].removeprefix("Value error, ")
+            if error["type"] == "extra_forbidden":
+                message = "unknown option"
+            raise ConfigError(f"--{name}.{where}: {message}") from None
+    return configs
+
+
+def default_device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def evaluate_cmd(
+    ctx: typer.Context,
+    target: Annotated[str, typer.Argument(metavar="MODEL_OR_RUN_DIR", help="Model directory, hub id, pgprune pruned model or run directory.")],
+    evaluator: Annotated[list[str] | None, typer.Option(help="Evaluator (repeatable); default: perplexity and efficiency.")] = None,
+    eval: Annotated[list[str] | None, typer.Option(help="Named evaluation corpus (repeatable); default wikitext2 unless --eval-file is given.")] = None,
+    eval_file: Annotated[list[str] | None, typer.Option(help="Local evaluation file (repeatable), named after its file stem.")] = None,
+    text_field: Annotated[str, typer.Option(help="Field holding the text in json/jsonl/parquet files.")] = "text",
+    seq_len: Annotated[int, typer.Option(min=2, help="Window length for perplexity (the paper: 128).")] = 128,
+    batch_size: Annotated[int, typer.Option(min=1, help="Sequences per forward pass.")] = 8,
+    device: Annotated[str | None, typer.Option(help="cpu, cuda or cuda:N (default: cuda when available).")] = None,
+    dtype: Annotated[str, typer.Option(help="float32, bfloat16 or float16.")] = "float32",
+    seed: Annotated[int, typer.Option(help="Seed of the random inputs of timing measurements.")] = 0,
+    cache_dir: Annotated[str | None, typer.Option(help="Cache of tokenized corpora (default: ~/.cache/pgprune).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the metrics as JSON (one side of metrics.json).")] = False,
+    out: Annotated[Path | None, typer.Option(help="Write DIR/metrics.json.")] = None,
+) -> None:
+    """Measure a model with the registered evaluators (perplexity, efficiency, lm-eval, ...).
+
+    Evaluator options: --NAME.KEY VALUE, e.g. --perplexity.max_windows 50
+    --efficiency.batch_size 4 --lm-eval.tasks piqa,arc_easy.
+    """
+    from ..artifacts import atomic_write_json
+    from ..data import eval_sources
+    from ..efficiency import count_parameters
+    from ..interfaces import EvalContext
+    from ..reports import comparison_rows
+    from .progress import RichReporter
+
+    if dtype not in DTYPES:
+        raise ConfigError(f"--dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+    directory = model_directory(target)
+    names = list(dict.fromkeys(evaluator or DEFAULT_EVALUATORS))
+    configs = evaluator_configs(names, list(ctx.args))
+    data = DataSection(
+        eval=eval if eval is not None else ([] if eval_file else ["wikitext2"]),
+        eval_files=eval_file or [],
+        text_field=text_field,
+        cache_dir=cache_dir,
+    )
+    datasets = eval_sources(data)
+    reporter = RichReporter()
+    reporter.phase(f"loading {target}")
+    loaded = load_for_eval(target, directory, dtype, device or default_device())
+    model_device = next(loaded.model.parameters()).device
+    metrics: dict[str, Any] = {"params": count_parameters(loaded.model).total}
+    registry = get_registry()
+    for config in configs:
+        reporter.phase(f"{config.name}")
+        evaluator_obj = registry.cls("evaluator", config.name)(config)
+        metrics.update(evaluator_obj.evaluate(EvalContext(
+            model=loaded.model, tokenizer=loaded.tokenizer, device=model_device, label=target,
+            datasets=datasets, seq_len=seq_len, batch_size=batch_size, seed=seed,
+            model_path=loaded.path, reporter=reporter,
+        )))
+    if out is not None:
+        written = atomic_write_json(out / "metrics.json", metrics)
+        reporter.message(f"wrote {written}")
+    if as_json:
+        typer.echo(json.dumps(metrics, indent=2))
+        return
+    table = Table(title=f"{target} ({loaded.how})")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for row in comparison_rows([metrics]):
+        table.add_row(row.label, row.values[0])
+    console.print(table)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("eval", context_settings=OVERRIDE_CONTEXT)(evaluate_cmd)
