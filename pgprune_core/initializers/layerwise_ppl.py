@@ -9,8 +9,9 @@ z-scores the values, sees one catastrophic layer (often the first) as a huge out
 perplexity and squeezes the others together, so ``nll`` is the default.
 
 Cost: ``n_layers`` masked forward passes over the calibration windows, run as one batched
-call per window batch through the loss oracle (no autograd; memory of ``n_layers x
-batch_size`` sequences' activations, split by the oracle's ``max_rows``).
+call per window batch through the run's loss oracle (one is built when the context has
+none).  No autograd; memory of ``n_layers x batch_size`` sequences' activations and
+logits, split by the oracle's ``max_rows`` (``--training.max_rows``).
 """
 
 from __future__ import annotations
@@ -21,8 +22,8 @@ import torch
 from pydantic import Field
 
 from ..config_base import InitializerConfig
-from ..errors import ConfigError
 from ..interfaces import InitContext
+from ..masking import LossOracle
 from .base import CheckedInitializer, calibration_batches
 
 
@@ -47,14 +48,15 @@ class LayerwisePplInitializer(CheckedInitializer):
     @torch.no_grad()
     def compute(self, ctx: InitContext) -> torch.Tensor:
         config = cast(LayerwisePplInitializer.Config, self.config)
-        if ctx.oracle is None:
-            raise ConfigError("initializer 'layerwise-ppl' needs the run's loss oracle (InitContext.oracle)")
+        oracle = ctx.oracle
+        if oracle is None:
+            oracle = LossOracle(ctx.model, ctx.structure, ctx.layout, ctx.granularities)
         n = len(ctx.layout)  # layer units only (check_context refused other kinds)
         masks = 1.0 - torch.eye(n)  # row l: every layer kept but l
         total = torch.zeros(n, dtype=torch.float64)
         rows = 0
         for batch in calibration_batches(ctx, config.n_sequences, config.seq_len, config.batch_size):
-            losses = ctx.oracle.losses(batch, masks.to(batch.device))
+            losses = oracle.losses(batch, masks.to(batch.device))
             total += losses.detach().to("cpu", torch.float64) * batch.shape[0]
             rows += batch.shape[0]
         nll = total / rows

@@ -12,20 +12,14 @@ numbers the initial probabilities were made from, coupling the first samples to 
 
 from __future__ import annotations
 
-import hashlib
 from typing import Literal
 
 import torch
 
 from ..config_base import InitializerConfig
+from ..data.stream import derived_seed
 from ..interfaces import InitContext
 from .base import CheckedInitializer
-
-
-def derived_seed(seed: int, tag: str) -> int:
-    """A 63-bit seed that depends on ``seed`` and ``tag`` only (stable across processes)."""
-    digest = hashlib.sha256(f"{tag}:{seed}".encode()).digest()
-    return int.from_bytes(digest[:8], "little") & (2**63 - 1)
 
 
 class RandomInitializer(CheckedInitializer):
@@ -39,5 +33,5 @@ class RandomInitializer(CheckedInitializer):
         name: Literal["random"] = "random"
 
     def compute(self, ctx: InitContext) -> torch.Tensor:
-        generator = torch.Generator().manual_seed(derived_seed(ctx.seed, "pgprune-random-init"))
+        generator = torch.Generator().manual_seed(derived_seed(ctx.seed, "random-init"))
         return torch.rand(len(ctx.layout), generator=generator, dtype=torch.float64)
