@@ -19,6 +19,7 @@ from typing import Any, ClassVar, cast
 import torch
 from torch import nn
 
+from . import pruned_modeling
 from .errors import ModelError
 from .interfaces import LoadedModel, ModelAdapter, ModelSource
 from .pruned_modeling import import_object
@@ -100,6 +101,8 @@ class HFDecoderAdapter(ModelAdapter):
 
     # -- loading ----------------------------------------------------------------------
     def load(self, source: ModelSource) -> LoadedModel:
+        """Model (eval mode, gradients off) and tokenizer of a hub id or local directory;
+        a directory saved by pgprune's ``save_pruned`` is rebuilt with its pruned shapes."""
         from transformers import AutoTokenizer
 
         name = source.name_or_path
@@ -122,8 +125,11 @@ class HFDecoderAdapter(ModelAdapter):
                 device = torch.device(source.device)
             except RuntimeError as exc:
                 raise ModelError(f"invalid device {source.device!r}: {_first_line(exc)}") from exc
+        # a model pruned and saved by pgprune is rebuilt with its per-layer shapes
+        pruned = isinstance(getattr(config, pruned_modeling.SECTION, None), dict)
         try:
-            model = import_object(self.model_class).from_pretrained(name, **kwargs)
+            cls = pruned_modeling.pruned_class(config) if pruned else import_object(self.model_class)
+            model = cls.from_pretrained(name, **kwargs)
             if device is not None:
                 model = model.to(device)
         except Exception as exc:  # missing/corrupt weights, unreachable hub, no CUDA, ...

@@ -148,7 +148,10 @@ def test_prune_save_and_load_the_shared_proxy_model(shared_asset, tmp_path, regi
     assert (masked - pruned).abs().max() <= 1e-4
     path = save_pruned(model, loaded.tokenizer, tmp_path / "proxy-pruned", adapter_name="llama",
                        base_model=str(source))
-    for reloaded in (load_pruned(path),
+    again = adapter.load(ModelSource(str(path)))  # a pruned model can be loaded to prune further
+    assert [s.mlp.intermediate_size for s in adapter.describe_model(again.model).layers] == [
+        s.mlp.intermediate_size for s in structure.layers]
+    for reloaded in (load_pruned(path), again.model,
                      AutoModelForCausalLM.from_pretrained(path, trust_remote_code=True)):
         with torch.no_grad():
             assert (reloaded(ids).logits - pruned).abs().max() <= 1e-5
