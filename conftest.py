@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
 
 from pgprune_core.registry import get_registry, reset_registry
 
@@ -46,6 +47,11 @@ def shared_asset():
 
     return get
 
+
+# Tiny test models gain nothing from intra-op threads, and on a loaded 2-core machine
+# two threads per process make every small matmul wait for a busy core (40x slower here).
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+torch.set_num_threads(1)
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")

@@ -55,6 +55,8 @@ class Prepared:
     budget: Budget
     protected: torch.Tensor
     device: torch.device
+    #: layers of the dense model (surgery may drop some from ``structure``)
+    n_layers: int
 
 
 def default_run_dir(config: RunConfig) -> Path:
@@ -108,7 +110,8 @@ def prepare(config: RunConfig, registry: Registry, reporter: Reporter) -> Prepar
     protected = protected_mask(layout, structure.n_layers, first, last)
     budget = Budget(config.pruning.budget, layout, config.pruning.prune_rate, protected)
     device = next(loaded.model.parameters()).device
-    return Prepared(adapter_name, loaded, structure, granularities, layout, budget, protected, device)
+    return Prepared(adapter_name, loaded, structure, granularities, layout, budget, protected, device,
+                    structure.n_layers)
 
 
 def calibration_tokens(config: RunConfig, tokenizer: Any, reporter: Reporter) -> torch.Tensor:
@@ -411,7 +414,7 @@ def masks_document(config: RunConfig, prep: Prepared, keep: torch.Tensor, probs:
         "format": "pgprune-masks/1",
         "rate": config.pruning.prune_rate,
         "budget": config.pruning.budget,
-        "n_layers": prep.structure.n_layers,
+        "n_layers": prep.n_layers,
         "kinds": {},
     }
     keep_parts = prep.layout.split(keep)
@@ -437,7 +440,7 @@ def write_outputs(config: RunConfig, prep: Prepared, keep: torch.Tensor, metrics
         kinds=[prep.layout.kinds[i] for i in prep.layout.kind_ids().tolist()],
         layers=prep.layout.layer.tolist(),
         keep=keep.tolist(),
-        n_layers=prep.structure.n_layers,
+        n_layers=prep.n_layers,
         path=run.sparsity_plot,
         title=f"{config.estimator.name}, {config.pruning.prune_rate:.0%} {config.pruning.budget}",
     )
