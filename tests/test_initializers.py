@@ -312,6 +312,14 @@ def test_missing_calibration_is_a_one_line_data_error(make_setup, name):
     assert "\n" not in str(info.value)
 
 
+def test_a_short_calibration_set_is_scored_with_a_warning(make_setup):
+    ctx = make_ctx(make_setup("llama", ["layer"]))
+    short = dataclasses.replace(ctx, calibration=lambda n, t: iter([calibration_windows()[:3, :t]]))
+    with pytest.warns(RuntimeWarning, match="gave 3 of the 6 windows"):
+        scores = scores_of("layerwise-ppl", short, n_sequences=N_SEQ, seq_len=SEQ_LEN)
+    assert scores.shape == (4,)
+
+
 @pytest.mark.parametrize("name", ["random", "uniform", "magnitude"])
 def test_data_free_initializers_need_no_calibration(make_setup, name):
     ctx = make_ctx(make_setup("llama"), calibration=False)

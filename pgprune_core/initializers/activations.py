@@ -55,8 +55,10 @@ class InputSquares:
 
 @dataclass
 class _Batch:
+    """One calibration batch: its hidden states and, per layer position, the call arguments."""
+
     hidden: torch.Tensor
-    calls: list[Call] = field(default_factory=list)
+    calls: dict[int, Call] = field(default_factory=dict)
 
 
 class _Stop(Exception):
@@ -73,7 +75,7 @@ def _recording(layers: Sequence[nn.Module], batch: _Batch) -> Iterator[None]:
         def forward(hidden_states: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
             if index == 0:
                 batch.hidden = hidden_states
-            batch.calls.append((args, kwargs))
+            batch.calls[index] = (args, kwargs)
             if index == last:
                 raise _Stop
             return hidden_states
@@ -127,7 +129,7 @@ def collect_input_squares(
                 args, kwargs = batch.calls[position]
                 out = site.module(batch.hidden, *args, **kwargs)
                 batch.hidden = out[0] if isinstance(out, tuple) else out
-                batch.calls[position] = ((), {})  # this layer's mask is no longer needed
+                del batch.calls[position]  # this layer's mask is no longer needed
         finally:
             for handle in handles:
                 handle.remove()

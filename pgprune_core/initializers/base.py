@@ -9,6 +9,7 @@ instead of an ``IndexError`` deep inside a tensor operation.
 from __future__ import annotations
 
 import abc
+import warnings
 
 import torch
 
@@ -59,5 +60,13 @@ def calibration_batches(
     windows = torch.cat([batch.reshape(-1, seq_len) for batch in ctx.calibration(n_sequences, seq_len)])
     if windows.shape[0] == 0:
         raise DataError(f"the calibration data gave no windows of {seq_len} tokens")
+    if windows.shape[0] < n_sequences:
+        # the provider broke its contract (n_sequences windows in all); score on what came
+        warnings.warn(
+            f"calibration gave {windows.shape[0]} of the {n_sequences} windows asked for; "
+            f"scoring on {windows.shape[0]}",
+            RuntimeWarning,
+            stacklevel=2,
+        )
     windows = windows[:n_sequences].to(device=ctx.device, dtype=torch.long)
     return list(windows.split(batch_size))
