@@ -157,11 +157,12 @@ def test_kill_and_resume_gives_the_masks_of_an_uninterrupted_run(assets, tmp_pat
     assert (out / "policy.pt").exists() and not (out / "metrics.json").exists()
     resumed = subprocess.run(_cli("resume", str(out)), capture_output=True, text=True, env=env)
     assert resumed.returncode == 0, resumed.stderr
-    assert read_masks(out) == read_masks(reference.run_dir)
     log = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in log] == list(range(1, steps + 1))  # no gap, no duplicate
     ref_log = [json.loads(line) for line in (reference.run_dir / "metrics.jsonl").read_text().splitlines()]
-    assert [r["loss"] for r in log] == [r["loss"] for r in ref_log]
+    differ = [a["step"] for a, b in zip(ref_log, log, strict=True) if a["loss"] != b["loss"]]
+    assert not differ, f"losses differ from step {differ[0]} (checkpoint every 4 steps)"
+    assert read_masks(out) == read_masks(reference.run_dir)
 
 
 def test_resume_errors_are_one_line(assets, tmp_path):
