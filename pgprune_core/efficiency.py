@@ -164,10 +164,20 @@ def _lookup(metrics: Mapping[str, Any], path: tuple[str, ...]) -> float | None:
     return float(node) if isinstance(node, (int, float)) else None
 
 
+def peak_memory_comparable(*sides: Mapping[str, Any]) -> bool:
+    """Whether forward peak memories can be compared: only CUDA's, which count tensors.
+    A process's RSS also holds whatever the process allocated before (a dense model
+    measured first, freed pages the allocator keeps), so a pruned/dense RSS ratio misleads."""
+    return all((side.get("forward") or {}).get("memory_method") == "cuda" for side in sides)
+
+
 def ratios(metrics: Mapping[str, Any], reference: Mapping[str, Any]) -> dict[str, float]:
-    """``metrics / reference`` for every efficiency quantity both hold (pruned / dense)."""
+    """``metrics / reference`` for every efficiency quantity both hold (pruned / dense);
+    peak memory only where :func:`peak_memory_comparable`."""
     out = {}
     for name, path in RATIO_KEYS.items():
+        if name == "peak_memory_bytes" and not peak_memory_comparable(metrics, reference):
+            continue
         mine, theirs = _lookup(metrics, path), _lookup(reference, path)
         if mine is not None and theirs:
             out[name] = mine / theirs

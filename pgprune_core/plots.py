@@ -76,7 +76,7 @@ def plot_sparsity(
     bar_kinds = list(fractions)
     from matplotlib.patches import Patch
 
-    fig, ax = _figure(figsize=(max(6.0, 0.45 * n_layers + 2.5), 3.8))
+    fig, ax = _figure(figsize=(min(14.0, max(6.0, 0.4 * n_layers + 2.5)), 3.8))
     handles: list[Any] = []
     for layer in removed_layers:
         ax.axvspan(layer - 0.5, layer + 0.5, color=LAYER_COLOUR, alpha=0.35, lw=0)

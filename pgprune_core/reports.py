@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from .artifacts import atomic_write_text
+from .efficiency import peak_memory_comparable
 
 Side = Mapping[str, Any]
 
@@ -78,12 +79,12 @@ def fmt_generic(value: float) -> str:
 
 
 def _row(label: str, sides: Sequence[Side], path: Sequence[str],
-         fmt: Callable[[float], str]) -> Row | None:
+         fmt: Callable[[float], str], comparable: bool = True) -> Row | None:
     values = [_num(_get(side, path)) for side in sides]
     if all(v is None for v in values):
         return None
     ratio = ""
-    if len(values) >= 2 and values[0] and values[-1] is not None:
+    if comparable and len(values) >= 2 and values[0] and values[-1] is not None:
         ratio = f"{values[-1] / values[0]:.3f}×"
     return Row(label, ["–" if v is None else fmt(v) for v in values], ratio)
 
@@ -112,6 +113,7 @@ def comparison_rows(sides: Sequence[Side]) -> list[Row]:
         ("parameters", ("params",), fmt_int),
         ("non-embedding parameters", ("params_non_embedding",), fmt_int),
     ]
+    memory_ratio = peak_memory_comparable(*sides)
     for name in _union(sides, "ppl"):
         specs.append((f"perplexity {name}" + (f" (seq {seq})" if seq else ""), ("ppl", name),
                       fmt_float))
@@ -122,7 +124,8 @@ def comparison_rows(sides: Sequence[Side]) -> list[Row]:
     forward = _shape(sides, "forward", ("batch_size", "seq_len"))
     specs += [
         (f"forward latency ({forward})", ("forward", "latency_s"), fmt_ms),
-        (f"peak memory of a forward ({forward})", ("forward", "peak_memory_bytes"), fmt_mib),
+        (f"peak memory of a forward ({forward}{'' if memory_ratio else ', process RSS'})",
+         ("forward", "peak_memory_bytes"), fmt_mib),
         ("weights in memory", ("model_bytes",), fmt_mib),
         ("size on disk", ("disk_bytes",), fmt_mib),
         (f"generation ({_shape(sides, 'generation', ('batch_size', 'new_tokens'))} tokens)",
@@ -138,7 +141,8 @@ def comparison_rows(sides: Sequence[Side]) -> list[Row]:
         for sub in _union(sides, key):
             if any(_num(_get(side, (key, sub))) is not None for side in sides):
                 specs.append((f"{key} {sub}", (key, sub), fmt_generic))
-    rows = [_row(label, sides, path, fmt) for label, path, fmt in specs]
+    rows = [_row(label, sides, path, fmt, memory_ratio or path[-1] != "peak_memory_bytes")
+            for label, path, fmt in specs]
     return [row for row in rows if row is not None]
 
 

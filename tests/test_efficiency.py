@@ -36,6 +36,12 @@ def test_ratios_use_what_both_sides_hold():
     dense = {"params": 100, "forward": {"latency_s": 2.0}, "generation": {"tokens_per_s": 10.0}}
     pruned = {"params": 70, "forward": {"latency_s": 1.5}, "disk_bytes": 5}
     assert ratios(pruned, dense) == {"params": 0.7, "latency_s": 0.75}
+    cuda = {"memory_method": "cuda"}
+    dense["forward"] |= {"peak_memory_bytes": 400, **cuda}
+    pruned["forward"] |= {"peak_memory_bytes": 300, **cuda}
+    assert ratios(pruned, dense)["peak_memory_bytes"] == 0.75
+    dense["forward"]["memory_method"] = "rss-sampled"
+    assert "peak_memory_bytes" not in ratios(pruned, dense)
 
 
 def test_efficiency_evaluator_on_saved_model(tmp_path):
@@ -66,5 +72,5 @@ def test_efficiency_evaluator_on_saved_model(tmp_path):
     expected = sum(p.numel() for p in smaller.parameters()) / dense["params"]
     assert pruned["vs_dense"]["params"] == pytest.approx(expected)
     assert pruned["vs_dense"]["params"] < 1
-    assert set(pruned["vs_dense"]) == {"params", "params_non_embedding", "model_bytes",
-                                       "latency_s", "peak_memory_bytes"}
+    # CPU peak memory is process RSS: reported, but not turned into a pruned/dense ratio
+    assert set(pruned["vs_dense"]) == {"params", "params_non_embedding", "model_bytes", "latency_s"}

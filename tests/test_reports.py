@@ -39,6 +39,12 @@ def test_rows_cover_known_and_third_party_metrics():
     assert rows["forward latency (1×128)"].values == ["20.0 ms", "15.0 ms"]
     assert rows["size on disk"].values == ["–", "19.0 MiB"] and rows["size on disk"].ratio == ""
     assert rows["my_metric"].ratio == "2.000×"
+    memory = rows["peak memory of a forward (1×128, process RSS)"]
+    assert memory.values == ["1,024.0 MiB", "512.0 MiB"] and memory.ratio == ""
+    on_gpu = [{**side, "forward": {**side["forward"], "memory_method": "cuda"}}
+              for side in (METRICS["dense"], METRICS["pruned"])]
+    gpu_rows = {r.label: r for r in comparison_rows(on_gpu)}
+    assert gpu_rows["peak memory of a forward (1×128)"].ratio == "0.500×"
     assert "ppl_tokens" not in " ".join(rows)
 
 
