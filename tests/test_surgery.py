@@ -60,6 +60,19 @@ def test_pruned_logits_equal_masked_logits_and_accounting_is_exact(make_setup, a
         assert summary["dropped_layers"] == ([2] if "layer" in kinds else [])
 
 
+def test_output_biases_remain_when_every_head_or_channel_of_a_layer_is_cut(
+        make_setup, tokenizer, tmp_path):
+    setup = make_setup("llama3", kinds=("channel", "head"), attention_bias=True, mlp_bias=True)
+    ids = setup.ids(rows=2, length=10)
+    keep = setup.keep(seed=11, no_heads=[0, 1], no_channels=[1, 2])
+    masked = _masked_logits(setup, ids, keep)
+    prune_model(setup.structure, setup.layout, setup.granularities, keep)
+    assert setup.model.model.layers[1].self_attn.o_proj.bias is not None
+    assert (masked - _logits(setup.model, ids)).abs().max() <= 1e-4
+    path = save_pruned(setup.model, tokenizer, tmp_path / "m", adapter_name="llama", base_model="x")
+    assert (_logits(load_pruned(path), ids) - masked).abs().max() <= 1e-4
+
+
 def test_accounting_counts_units_inside_a_dropped_layer_once(make_setup):
     setup = make_setup("llama")
     keep = torch.ones(len(setup.layout), dtype=torch.bool)

@@ -81,8 +81,8 @@ class MaskedLayer(nn.Module):
             else:
                 x = hidden_states.index_select(0, active.to(hidden_states.device))
                 with computing_rows(active):
-                    y = self._output(self.layer(x, *sub_args, **sub_kwargs))
-                blended = torch.lerp(x, y.to(x.device), self._weights(y, active))
+                    y = self._output(self.layer(x, *sub_args, **sub_kwargs)).to(x.device)
+                blended = torch.lerp(x, y, self._weights(y, active))
                 return hidden_states.index_copy(0, active.to(hidden_states.device), blended)
         y = self._output(self.layer(hidden_states, *args, **kwargs))
         return torch.lerp(hidden_states.to(y.device), y, self._weights(y, None))
@@ -93,9 +93,12 @@ class MaskedLayer(nn.Module):
 
     @staticmethod
     def _output(output: Any) -> torch.Tensor:
-        """Decoder layers return the hidden states (transformers >= 5) or a tuple starting
-        with them (older versions); masking replaces the layer's output by a tensor."""
-        return output[0] if isinstance(output, tuple) else output
+        """The layer's output, which must be the hidden states alone: a skipped layer returns
+        its input, so the wrapper can only stand in for layers that return one tensor."""
+        if not isinstance(output, torch.Tensor):
+            raise TypeError(f"decoder layers must return the hidden-states tensor (transformers "
+                            f">= 4.56 llama-family layers do), got {type(output).__name__}")
+        return output
 
 
 class _Restore:
