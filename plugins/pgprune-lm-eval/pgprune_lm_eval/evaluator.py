@@ -13,6 +13,7 @@ while it runs (its request-level tqdm bars remain).
 from __future__ import annotations
 
 import contextlib
+import copy
 import difflib
 import logging
 from collections.abc import Iterator
@@ -116,7 +117,9 @@ class LmEvalEvaluator(Evaluator):
                 hint = f"; did you mean {', '.join(close)}?" if close else ""
                 raise ConfigError(f"unknown lm-eval task {task!r}{hint}")
         with _quiet_lm_eval():
-            lm = HFLM(pretrained=ctx.model, tokenizer=ctx.tokenizer,
+            # a copy: HFLM sets a missing pad token on the tokenizer it is given, and the
+            # run saves its tokenizer with the pruned model afterwards
+            lm = HFLM(pretrained=ctx.model, tokenizer=copy.deepcopy(ctx.tokenizer),
                       batch_size=config.batch_size or ctx.batch_size)
         reporter = ctx.reporter or SilentReporter()
         zero_shot: dict[str, dict[str, float]] = {}

@@ -69,6 +69,7 @@ def test_registered_through_the_entry_point():
 
 def test_local_task_matches_direct_loglikelihoods():
     model, tokenizer = tiny_model(seed=1), tiny_tokenizer()
+    tokenizer.pad_token = None  # HFLM would set one: the caller's tokenizer must stay as it was
     ctx = EvalContext(model=model, tokenizer=tokenizer, device=torch.device("cpu"),
                       label="dense", batch_size=4)
     result = _evaluator(tasks=["tiny_arith"]).evaluate(ctx)
@@ -77,6 +78,7 @@ def test_local_task_matches_direct_loglikelihoods():
     assert result["zero_shot"]["tiny_arith"]["acc_norm"] == pytest.approx(expected["acc_norm"])
     assert result["zero_shot_average"] == pytest.approx(expected["acc"])
     assert result["zero_shot_settings"] == {"num_fewshot": 0, "limit": None, "average": "acc"}
+    assert tokenizer.pad_token is None
     limited = _evaluator(tasks=["tiny_arith"], limit=4, average="acc_norm").evaluate(ctx)
     assert limited["zero_shot_average"] == limited["zero_shot"]["tiny_arith"]["acc_norm"]
 
