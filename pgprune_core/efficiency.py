@@ -82,9 +82,10 @@ def timed(fn: Callable[[], Any], device: torch.device, repeats: int, warmup: int
     return times
 
 
-def random_tokens(model: nn.Module, batch_size: int, length: int, seed: int,
+def random_tokens(model: Any, batch_size: int, length: int, seed: int,
                   device: torch.device) -> torch.Tensor:
-    """Seeded token ids in the model's vocabulary (the content does not change timing)."""
+    """Seeded token ids in the vocabulary of ``model`` (a transformers causal LM); the
+    content does not change timing."""
     embeddings = model.get_input_embeddings()
     vocab = int(getattr(embeddings, "num_embeddings", 0) or model.config.vocab_size)
     generator = torch.Generator().manual_seed(seed)
@@ -116,7 +117,7 @@ def forward_stats(model: nn.Module, device: torch.device, *, batch_size: int, se
 
 
 @torch.no_grad()
-def generation_stats(model: nn.Module, device: torch.device, *, batch_size: int,
+def generation_stats(model: Any, device: torch.device, *, batch_size: int,
                      prompt_len: int, new_tokens: int, repeats: int, seed: int,
                      pad_token_id: int | None) -> dict[str, Any]:
     """Median tokens per second of greedy generation of exactly ``new_tokens`` tokens

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, cast
 
 import torch
 import typer
@@ -22,6 +22,7 @@ from rich.table import Table
 
 from ..config import DTYPES, DataSection, parse_overrides
 from ..errors import ConfigError, ModelError
+from ..interfaces import EvalContext, Evaluator, ModelAdapter, ModelSource
 from ..registry import get_registry
 from .console import console
 from .options import OVERRIDE_CONTEXT
@@ -75,28 +76,28 @@ def load_for_eval(target: str, directory: Path | None, dtype: str, device: str) 
 
     from ..hf_adapter import DTYPES as TORCH_DTYPES
     from ..hf_adapter import load_model_config
-    from ..interfaces import ModelSource
 
     if directory is not None and saved_by_pgprune(directory):
         from .. import load_pruned
 
-        model = load_pruned(directory, dtype=dtype, device=device)
+        pruned = load_pruned(directory, dtype=dtype, device=device)
         try:
             tokenizer = AutoTokenizer.from_pretrained(directory)
         except Exception as exc:
             raise ModelError(f"cannot load the tokenizer saved in {directory}: {exc}") from None
-        return ModelToEvaluate(model, tokenizer, directory, "pgprune pruned model")
+        return ModelToEvaluate(pruned, tokenizer, directory, "pgprune pruned model")
     name = str(directory) if directory is not None else target
     registry = get_registry()
     adapter_name = registry.resolve_adapter(load_model_config(name))
     if adapter_name is not None:
-        adapter = registry.cls("adapter", adapter_name)()
+        adapter = cast(ModelAdapter, registry.cls("adapter", adapter_name)())
         loaded = adapter.load(ModelSource(name_or_path=name, dtype=dtype, device=device))
         return ModelToEvaluate(loaded.model, loaded.tokenizer, directory, f"adapter {adapter_name}")
     from transformers import AutoModelForCausalLM
 
     try:
-        model = AutoModelForCausalLM.from_pretrained(name, dtype=TORCH_DTYPES[dtype]).to(device)
+        model: Any = AutoModelForCausalLM.from_pretrained(name, dtype=TORCH_DTYPES[dtype])
+        model = model.to(device)
         tokenizer = AutoTokenizer.from_pretrained(name)
     except Exception as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
@@ -159,7 +160,6 @@ def evaluate_cmd(
     from ..artifacts import atomic_write_json
     from ..data import eval_sources
     from ..efficiency import count_parameters
-    from ..interfaces import EvalContext
     from ..reports import comparison_rows
     from .progress import RichReporter
 
@@ -183,7 +183,7 @@ def evaluate_cmd(
     registry = get_registry()
     for config in configs:
         reporter.phase(f"{config.name}")
-        evaluator_obj = registry.cls("evaluator", config.name)(config)
+        evaluator_obj = cast(Evaluator, registry.cls("evaluator", config.name)(config))
         metrics.update(evaluator_obj.evaluate(EvalContext(
             model=loaded.model, tokenizer=loaded.tokenizer, device=model_device, label=target,
             datasets=datasets, seq_len=seq_len, batch_size=batch_size, seed=seed,
