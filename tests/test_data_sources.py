@@ -124,12 +124,22 @@ def test_eval_sources_named_and_files(tmp_path):
         eval_sources(_section(tmp_path, eval=[], eval_files=[str(path), str(copy)]))
 
 
-def test_c4_source_uses_the_papers_shards(tmp_path):
-    calib = calibration_source(_section(tmp_path, calib="c4"))
-    assert (calib.builder, calib.split) == ("allenai/c4", "train")
-    assert calib.data_files == "en/c4-train.00000-of-01024.json.gz"
-    evaluation = eval_sources(_section(tmp_path, eval=["c4"]))["c4"]
-    assert evaluation.data_files == "en/c4-validation.00000-of-00008.json.gz"
+def test_hub_sources_make_the_papers_load_dataset_calls(tmp_path):
+    """The calls of SparseGPT/Wanda's data loaders (which the paper's code reuses)."""
+    hf_cache = str(tmp_path / "cache" / "datasets")
+    calib = calibration_source(_section(tmp_path, calib="c4")).load_arguments()
+    assert calib == (("allenai/c4",), {
+        "split": "train", "data_files": {"train": "en/c4-train.00000-of-01024.json.gz"},
+        "cache_dir": hf_cache})
+    evaluation = eval_sources(_section(tmp_path, eval=["c4", "wikitext2"]))
+    assert evaluation["c4"].load_arguments() == (("allenai/c4",), {
+        "split": "validation",
+        "data_files": {"validation": "en/c4-validation.00000-of-00008.json.gz"},
+        "cache_dir": hf_cache})
+    assert evaluation["wikitext2"].load_arguments() == (
+        ("Salesforce/wikitext", "wikitext-2-raw-v1"), {"split": "test", "cache_dir": hf_cache})
+    wiki_calib = calibration_source(_section(tmp_path, calib="wikitext2")).load_arguments()
+    assert wiki_calib[1]["split"] == "train"
 
 
 def test_fingerprint_tracks_file_and_selection(tmp_path):

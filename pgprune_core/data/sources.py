@@ -256,18 +256,24 @@ class TextSource:
             raise DataError(f"{self.describe()} holds no text ({len(texts):,} empty documents)")
         return texts
 
-    def _load(self) -> Any:
-        import datasets
-        from datasets.exceptions import DatasetGenerationError, DatasetNotFoundError
-
+    def load_arguments(self) -> tuple[tuple[str, ...], dict[str, Any]]:
+        """The ``datasets.load_dataset`` call that reads this source.  Files are mapped to
+        the split by name (``{"validation": ...}``): a bare file list would become "train"."""
         kwargs: dict[str, Any] = {"split": self.split}
         if self.data_files is not None:
-            kwargs["data_files"] = self.data_files
+            kwargs["data_files"] = {self.split: self.data_files}
         if self.hf_cache_dir is not None:
             kwargs["cache_dir"] = str(self.hf_cache_dir)
         if self.builder == "text":
             kwargs["sample_by"] = "line"
         args = (self.builder, self.config) if self.config else (self.builder,)
+        return args, kwargs
+
+    def _load(self) -> Any:
+        import datasets
+        from datasets.exceptions import DatasetGenerationError, DatasetNotFoundError
+
+        args, kwargs = self.load_arguments()
         if self.local_file is not None:
             self._stat()
         try:
