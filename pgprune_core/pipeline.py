@@ -201,6 +201,7 @@ def evaluate(config: RunConfig, model: Any, tokenizer: Any, label: str, registry
                 model=model, tokenizer=tokenizer, device=device, label=label, datasets=datasets,
                 seq_len=config.evaluation.seq_len, batch_size=config.evaluation.batch_size,
                 seed=config.training.seed, reference=reference, model_path=model_path,
+                reporter=reporter,
             )
         )
         metrics.update(result)
@@ -272,7 +273,9 @@ def run_pipeline(config: RunConfig, reporter: Reporter | None = None, *,
 
         dense = json.loads(run.dense_metrics.read_text())
     elif config.evaluation.dense:
-        dense = evaluate(config, model, tokenizer, "dense", registry, reporter)
+        source = Path(prep.loaded.source.name_or_path)
+        dense = evaluate(config, model, tokenizer, "dense", registry, reporter,
+                         model_path=source if source.is_dir() else None)
         atomic_write_json(run.dense_metrics, dense)
 
     estimator = registry.cls("estimator", config.estimator.name)(config.estimator)
@@ -350,6 +353,9 @@ def run_pipeline(config: RunConfig, reporter: Reporter | None = None, *,
             "optimize_s": round(state.optimize_s, 3),
             "wall_s": round(wall, 3),
             "peak_memory_bytes": int(peak.peak_bytes),
+            # what was held when the measured block began (model, data): the peak minus it
+            # is what the optimisation itself added (``pgprune compare`` reports both)
+            "peak_memory_start_bytes": int(peak.start_bytes),
             "peak_memory_method": peak.method,
             "device": str(prep.device),
             "adapter": prep.adapter_name,
