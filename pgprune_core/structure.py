@@ -20,7 +20,8 @@ from torch import nn
 class ModuleNames:
     """Attribute names of the blocks inside a layer, as the adapter knows them.
 
-    They are saved into a pruned model's config so that the generic modeling file can
+    The defaults are the Hugging Face llama-family convention (LLaMA, Mistral, Qwen2 and
+    many others share it); an adapter for another family passes its own.  They are saved into a pruned model's config so that the generic modeling file can
     rebuild the per-layer shapes without architecture knowledge of its own.
     """
 

@@ -11,12 +11,13 @@ from __future__ import annotations
 from typing import Literal
 
 import torch
+from torch import nn
 
 from ..config_base import PluginConfig
 from ..interfaces import Granularity, Handle
 from ..pruned_modeling import set_intermediate_size
 from ..structure import MlpSite, ModelStructure, UnitSet
-from .rowmask import by_layer, full_width, input_scaler, is_all_ones
+from .rowmask import by_layer, install_input_masks, per_layer_units
 from .slicing import keep_columns, keep_rows, kept_indices
 
 
@@ -38,28 +39,18 @@ class ChannelGranularity(Granularity):
         name: Literal["channel"] = "channel"
 
     def units(self, structure: ModelStructure) -> UnitSet:
-        layers, index, cost = [], [], []
-        for site in structure.layers:
-            width = site.mlp.intermediate_size
-            layers.append(torch.full((width,), site.index, dtype=torch.int64))
-            index.append(torch.arange(width, dtype=torch.int64))
-            cost.append(torch.full((width,), channel_cost(site.mlp), dtype=torch.int64))
-        empty = [torch.zeros(0, dtype=torch.int64)]
-        return UnitSet(self.name, torch.cat(layers or empty), torch.cat(index or empty),
-                       torch.cat(cost or empty))
+        return per_layer_units(self.name, (
+            (site.index, site.mlp.intermediate_size, channel_cost(site.mlp))
+            for site in structure.layers
+        ))
 
     def install(self, structure: ModelStructure, units: UnitSet,
                 row_masks: torch.Tensor) -> list[Handle]:
-        handles: list[Handle] = []
-        for layer, (index, columns) in by_layer(units, row_masks).items():
-            if is_all_ones(columns):
-                continue
+        def target(layer: int) -> tuple[nn.Module, int, int]:
             site = structure.layers[layer].mlp
-            weight = site.down_proj.weight
-            mask = full_width(index, columns, site.intermediate_size)
-            mask = mask.to(device=weight.device, dtype=weight.dtype)
-            handles.append(site.down_proj.register_forward_pre_hook(input_scaler(mask)))
-        return handles
+            return site.down_proj, site.intermediate_size, 1
+
+        return install_input_masks(units, row_masks, target)
 
     def remove(self, structure: ModelStructure, units: UnitSet, keep: torch.Tensor) -> None:
         for layer, (index, kept) in by_layer(units, keep.bool()).items():

@@ -13,12 +13,13 @@ from __future__ import annotations
 from typing import Literal
 
 import torch
+from torch import nn
 
 from ..config_base import PluginConfig
 from ..interfaces import Granularity, Handle
 from ..pruned_modeling import EmptyAttention, set_head_counts
 from ..structure import AttentionSite, ModelStructure, UnitSet
-from .rowmask import by_layer, full_width, input_scaler, is_all_ones
+from .rowmask import by_layer, install_input_masks, per_layer_units
 from .slicing import head_features, keep_columns, keep_rows, kept_indices
 
 
@@ -44,29 +45,18 @@ class HeadGranularity(Granularity):
         name: Literal["head"] = "head"
 
     def units(self, structure: ModelStructure) -> UnitSet:
-        layers, index, cost = [], [], []
-        for site in structure.layers:
-            groups = site.attention.n_kv_heads
-            layers.append(torch.full((groups,), site.index, dtype=torch.int64))
-            index.append(torch.arange(groups, dtype=torch.int64))
-            cost.append(torch.full((groups,), group_cost(site.attention), dtype=torch.int64))
-        empty = [torch.zeros(0, dtype=torch.int64)]
-        return UnitSet(self.name, torch.cat(layers or empty), torch.cat(index or empty),
-                       torch.cat(cost or empty))
+        return per_layer_units(self.name, (
+            (site.index, site.attention.n_kv_heads, group_cost(site.attention))
+            for site in structure.layers
+        ))
 
     def install(self, structure: ModelStructure, units: UnitSet,
                 row_masks: torch.Tensor) -> list[Handle]:
-        handles: list[Handle] = []
-        for layer, (index, columns) in by_layer(units, row_masks).items():
-            if is_all_ones(columns):
-                continue
+        def target(layer: int) -> tuple[nn.Module, int, int]:
             site = structure.layers[layer].attention
-            weight = site.o_proj.weight
-            groups = full_width(index, columns, site.n_kv_heads)
-            mask = groups.repeat_interleave(site.group_size * site.head_dim, dim=1)
-            mask = mask.to(device=weight.device, dtype=weight.dtype)
-            handles.append(site.o_proj.register_forward_pre_hook(input_scaler(mask)))
-        return handles
+            return site.o_proj, site.n_kv_heads, site.group_size * site.head_dim
+
+        return install_input_masks(units, row_masks, target)
 
     def remove(self, structure: ModelStructure, units: UnitSet, keep: torch.Tensor) -> None:
         for layer, (index, kept) in by_layer(units, keep.bool()).items():

@@ -13,13 +13,14 @@ ours can reach them.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextvars import ContextVar
 from typing import Any
 
 import torch
 from torch import nn
 
+from ..interfaces import Handle
 from ..structure import UnitSet
 
 _ROWS: ContextVar[torch.Tensor | None] = ContextVar("pgprune_computing_rows", default=None)
@@ -98,3 +99,41 @@ def input_scaler(mask: torch.Tensor) -> Callable[[nn.Module, tuple[Any, ...]], t
         return (x * m.reshape(shape), *args[1:])
 
     return hook
+
+
+def per_layer_units(kind: str, layers: Iterable[tuple[int, int, int]]) -> UnitSet:
+    """Units numbered ``0..count-1`` inside each layer, every unit of a layer at the same
+    cost: ``layers`` yields ``(layer index, unit count, cost per unit)``."""
+    layer_ids, index, cost = [], [], []
+    for layer, count, unit_cost in layers:
+        layer_ids.append(torch.full((count,), layer, dtype=torch.int64))
+        index.append(torch.arange(count, dtype=torch.int64))
+        cost.append(torch.full((count,), unit_cost, dtype=torch.int64))
+    empty = [torch.zeros(0, dtype=torch.int64)]
+    return UnitSet(kind, torch.cat(layer_ids or empty), torch.cat(index or empty),
+                   torch.cat(cost or empty))
+
+
+def install_input_masks(
+    units: UnitSet,
+    row_masks: torch.Tensor,
+    target: Callable[[int], tuple[nn.Module, int, int]],
+) -> list[Handle]:
+    """Scale the input of one module per layer by its rows' masks.
+
+    ``target(layer)`` names that module, how many units the layer has and how many input
+    features each unit spans (``head_dim`` times the query heads of a KV group; 1 for a
+    channel).  Layers whose mask keeps everything get no hook and run bit-exactly.
+    """
+    handles: list[Handle] = []
+    for layer, (index, columns) in by_layer(units, row_masks).items():
+        if is_all_ones(columns):
+            continue
+        module, width, features = target(layer)
+        mask = full_width(index, columns, width)
+        if features > 1:
+            mask = mask.repeat_interleave(features, dim=1)
+        weight = module.weight
+        mask = mask.to(device=weight.device, dtype=weight.dtype)
+        handles.append(module.register_forward_pre_hook(input_scaler(mask)))
+    return handles

@@ -16,18 +16,8 @@ from pgprune_core import PluginConfig
 from pgprune_core.hf_adapter import HFDecoderAdapter
 from pgprune_core.structure import ModuleNames
 
-LLAMA_NAMES = ModuleNames(
-    layers="model.layers",
-    attention="self_attn",
-    mlp="mlp",
-    q_proj="q_proj",
-    k_proj="k_proj",
-    v_proj="v_proj",
-    o_proj="o_proj",
-    gate_proj="gate_proj",
-    up_proj="up_proj",
-    down_proj="down_proj",
-)
+#: the llama family's attribute names, which are ModuleNames' defaults
+LLAMA_NAMES = ModuleNames()
 
 
 class LlamaAdapter(HFDecoderAdapter):
