@@ -1,0 +1,126 @@
+"""The ``gumbel`` estimator: relaxed-Bernoulli masks, back-propagated through the model.
+
+This is the conventional estimator the paper argues against (Sect. 3.2, Remarks 2-4), built
+so that it can be measured against ``reinforce`` on equal terms.  Each step draws ``N``
+logistic noises ``l = log u - log(1 - u)`` and forms the binary-concrete masks
+
+    m = sigmoid((logit(s) + l) / tau)
+
+(the two-class Gumbel-softmax, Maddison et al. 2016), evaluates the loss of the model under
+all ``N`` masks in one batched forward with autograd on (``oracle.loss``), back-propagates
+through the *frozen* model to the masks and on to ``s`` (the weights never require
+gradients), and takes the same projected SGD step as ``reinforce``:
+``s <- proj_C(s - lr_t * dL/ds)``.  The final mask is the same ranking of ``s`` under the
+same budget, so the two differ only in how the gradient is estimated.
+
+``straight_through`` uses the *hard* mask ``1[logit(s) + l > 0]`` in the forward pass (a
+true Bernoulli(s) sample: the model sees binary masks, as at test time) and the soft mask's
+gradient in the backward pass.  Either way the gradient is biased (it is the derivative of a
+relaxed objective), and it costs a backward pass through the whole model that keeps every
+activation alive: the price Remark 2 names and this plugin exists to measure.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, Literal
+
+import torch
+from pydantic import Field, model_validator
+
+from pgprune_core import Estimator, StepContext, StepStats
+from pgprune_core.skips import NonFiniteSkips
+from pgprune_core.step_size import StepSizeConfig, effective_lr, projected_step
+
+from .temperature import TemperatureSchedule, temperature
+
+#: keeps log(u) and log(1 - u) finite
+_UNIFORM_EPS = 1e-12
+
+
+class GumbelEstimator(Estimator):
+    """Relaxed-Bernoulli (Gumbel-softmax) masks, gradient by back-propagation through the model."""
+
+    name = "gumbel"
+
+    class Config(StepSizeConfig):
+        name: Literal["gumbel"] = "gumbel"
+        #: relaxed masks per step (each costs one forward and one backward of the batch)
+        n_samples: int = Field(default=2, ge=1)
+        #: temperature at the first step
+        tau_start: float = Field(default=1.0, gt=0)
+        #: temperature at the last step
+        tau_end: float = Field(default=0.1, gt=0)
+        #: how the temperature goes from tau_start to tau_end
+        tau_schedule: TemperatureSchedule = "exponential"
+        #: hard (Bernoulli) masks in the forward pass, the soft masks' gradient backward
+        straight_through: bool = False
+
+        @model_validator(mode="after")
+        def _annealing(self) -> GumbelEstimator.Config:
+            if self.tau_end > self.tau_start:
+                raise ValueError("tau_end must not exceed tau_start (the temperature anneals down)")
+            return self
+
+    config: Config
+
+    def __init__(self, config: Config | None = None) -> None:
+        super().__init__(config)
+        self._skips = NonFiniteSkips(self.name)
+
+    def step(self, ctx: StepContext) -> StepStats:
+        cfg = self.config
+        policy = ctx.policy
+        lr = effective_lr(cfg, ctx.step, ctx.total_steps, ctx.run_steps)
+        tau = temperature(ctx.step, ctx.total_steps, cfg.tau_start, cfg.tau_end, cfg.tau_schedule)
+        free = ~policy.fixed
+        theta = policy.probs[free].requires_grad_(True)
+        masks = self.relaxed_masks(theta, free, cfg.n_samples, tau, ctx.generator)
+        losses = ctx.oracle.loss(ctx.batch, masks.to(torch.float32)).reshape(-1)
+        if losses.numel() != cfg.n_samples:
+            raise RuntimeError(f"the oracle returned {losses.numel()} losses for {cfg.n_samples} masks")
+        detached = losses.detach().to(device="cpu", dtype=torch.float64)
+        mean_loss = float(detached.mean())
+        if not self._skips.finite(detached, ctx.step):
+            return StepStats(loss=mean_loss, skipped=True,
+                             extra={"lr": lr, "tau": tau, "grad_norm": 0.0,
+                                    "skipped_total": float(self._skips.count),
+                                    "update_abs_mean": 0.0})
+        # gradients to theta only: nothing accumulates in any .grad of the model
+        (grad_free,) = torch.autograd.grad(losses.mean(), theta)
+        ctx.oracle.count_backward(cfg.n_samples)
+        grad = torch.zeros(len(policy), dtype=torch.float64)
+        grad[free] = grad_free.detach().to(device="cpu", dtype=torch.float64)
+        moved = projected_step(policy, ctx.project, lr * grad)
+        return StepStats(
+            loss=mean_loss,
+            extra={"lr": lr, "tau": tau, "grad_norm": float(grad.norm()),
+                   "skipped_total": float(self._skips.count), "update_abs_mean": moved},
+        )
+
+    def relaxed_masks(self, theta: torch.Tensor, free: torch.Tensor, n_samples: int,
+                      tau: float, generator: torch.Generator) -> torch.Tensor:
+        """float64 [n_samples, n]: binary-concrete masks of the free units' probabilities
+        ``theta`` (differentiable), 1 on fixed units.  The noise comes from ``generator``
+        only, so a resumed run draws the same masks."""
+        uniform = torch.rand((n_samples, theta.numel()), generator=generator, dtype=torch.float64,
+                             device=generator.device).to(theta.device)
+        uniform = uniform.clamp(_UNIFORM_EPS, 1.0 - _UNIFORM_EPS)
+        logits = torch.log(theta) - torch.log1p(-theta) + torch.log(uniform) - torch.log1p(-uniform)
+        soft = torch.sigmoid(logits / tau)
+        if self.config.straight_through:
+            hard = (logits > 0).to(soft.dtype)
+            soft = hard + (soft - soft.detach())  # exactly hard forward, soft backward
+        masks = torch.ones((n_samples, free.numel()), dtype=torch.float64, device=theta.device)
+        masks[:, free.to(theta.device)] = soft
+        return masks
+
+    # -- checkpointing ------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """The temperature and learning rate are functions of the step; only the count of
+        skipped steps is state."""
+        return {"skipped": self._skips.count}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self._skips.count = int(state["skipped"])
+

@@ -1,0 +1,14 @@
+"""Entry point of the distribution: registers the ``gumbel`` estimator."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from pgprune_core import Estimator, hookimpl
+
+from .estimator import GumbelEstimator
+
+
+@hookimpl
+def pgprune_register_estimators(register: Callable[[type[Estimator]], None]) -> None:
+    register(GumbelEstimator)
