@@ -27,7 +27,7 @@ class PgpruneGroup(TyperGroup):
 
 def build_app() -> typer.Typer:
     """A fresh ``pgprune`` app with the built-in commands and every plugin's commands."""
-    from . import config_cmd, eval_cmd, plugins_cmd, resume_cmd, run_cmd
+    from . import compare_cmd, config_cmd, eval_cmd, plugins_cmd, resume_cmd, run_cmd
 
     app = typer.Typer(
         cls=PgpruneGroup,
@@ -38,7 +38,7 @@ def build_app() -> typer.Typer:
         add_completion=False,
         pretty_exceptions_show_locals=False,
     )
-    for module in (run_cmd, resume_cmd, eval_cmd, plugins_cmd, config_cmd):
+    for module in (run_cmd, resume_cmd, eval_cmd, compare_cmd, plugins_cmd, config_cmd):
         module.register(app)
     registry = get_registry()
     registry.register_commands(app)
