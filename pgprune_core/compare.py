@@ -276,7 +276,7 @@ def compute_shared(cells: Sequence[Cell], shared_dir: Path, registry: Registry,
     """Measure the dense model and score the units once per distinct setting, for the
     cells that still need them; results already in ``shared_dir`` are reused."""
     from .masking import LossOracle
-    from .pipeline import calibration_tokens, evaluate, initial_scores, prepare
+    from .pipeline import calibration_tokens, evaluate_dense, initial_scores, prepare
 
     missing: dict[str, list[tuple[Cell, SharedFiles]]] = {}
     for cell in cells:
@@ -288,12 +288,11 @@ def compute_shared(cells: Sequence[Cell], shared_dir: Path, registry: Registry,
         first = group[0][0].config
         torch.manual_seed(first.training.seed)
         prep = prepare(first, registry, reporter)
-        model, tokenizer = prep.loaded.model, prep.loaded.tokenizer
         dense_path = group[0][1].dense
         if dense_path is not None and not dense_path.exists():
-            atomic_write_json(dense_path, evaluate(first, model, tokenizer, "dense", registry, reporter))
-        tokens = calibration_tokens(first, tokenizer, reporter)
-        oracle = LossOracle(model, prep.structure, prep.layout, prep.granularities,
+            atomic_write_json(dense_path, evaluate_dense(first, prep, registry, reporter))
+        tokens = calibration_tokens(first, prep.loaded.tokenizer, reporter)
+        oracle = LossOracle(prep.loaded.model, prep.structure, prep.layout, prep.granularities,
                             max_rows=first.training.max_rows)
         for cell, files in group:
             if files.scores.exists():

@@ -208,6 +208,15 @@ def evaluate(config: RunConfig, model: Any, tokenizer: Any, label: str, registry
     return metrics
 
 
+def evaluate_dense(config: RunConfig, prep: Prepared, registry: Registry,
+                   reporter: Reporter) -> dict[str, Any]:
+    """The unpruned model's metrics (its directory, when it has one, for size on disk).
+    ``pgprune compare`` calls it once for all its cells."""
+    source = Path(prep.loaded.source.name_or_path)
+    return evaluate(config, prep.loaded.model, prep.loaded.tokenizer, "dense", registry, reporter,
+                    model_path=source if source.is_dir() else None)
+
+
 def initial_scores(config: RunConfig, prep: Prepared, tokens: torch.Tensor, oracle: Any,
                    registry: Registry, reporter: Reporter) -> torch.Tensor:
     init_cls = registry.cls("initializer", config.init.name)
@@ -273,9 +282,7 @@ def run_pipeline(config: RunConfig, reporter: Reporter | None = None, *,
 
         dense = json.loads(run.dense_metrics.read_text())
     elif config.evaluation.dense:
-        source = Path(prep.loaded.source.name_or_path)
-        dense = evaluate(config, model, tokenizer, "dense", registry, reporter,
-                         model_path=source if source.is_dir() else None)
+        dense = evaluate_dense(config, prep, registry, reporter)
         atomic_write_json(run.dense_metrics, dense)
 
     estimator = registry.cls("estimator", config.estimator.name)(config.estimator)
