@@ -15,7 +15,9 @@ Layers are not scored: the metric has no layer-level form (use ``layerwise-ppl``
 Cost: one forward pass over the calibration set, run layer by layer
 (:mod:`.activations`).  Memory beyond the weights: the hidden states of all calibration
 sequences (``n_sequences x seq_len x hidden_size`` in the model's dtype; 1 GiB in fp16 for
-the authors' 128 x 1024 on a 4096-wide model) plus one batch's activations inside one layer.
+the authors' 128 x 1024 on a 4096-wide model) plus one batch's activations inside one layer,
+and, where the attention needs an explicit mask (sliding windows, eager attention), that
+mask for every batch (``n_sequences x seq_len^2`` booleans: 128 MiB for 128 x 1024).
 """
 
 from __future__ import annotations
