@@ -23,6 +23,7 @@ from .artifacts import atomic_write_json
 from .budget import Budget, protected_mask
 from .checkpoint import LoopState, load_checkpoint
 from .config import RunConfig
+from .demo import apply_demo_defaults
 from .errors import ConfigError, RunDirError
 from .interfaces import EvalContext, Granularity, InitContext, ModelSource
 from .loop import OptimisationLoop, Stage
@@ -256,6 +257,7 @@ def run_pipeline(config: RunConfig, reporter: Reporter | None = None, *,
     """Run (or, with ``resume``, continue) one pruning run; returns its metrics."""
     reporter = reporter or SilentReporter()
     registry = registry or get_registry()
+    config = apply_demo_defaults(config)
     wall_start = time.perf_counter()
     run = RunDir(resume if resume is not None else Path(config.output.dir or default_run_dir(config)))
     if resume is None:
