@@ -269,39 +269,49 @@ def test_a_named_model_keeps_its_config_untouched(tmp_path):
     assert not list(tmp_path.iterdir())
 
 
-def test_demo_defaults_fill_data_and_steps(tmp_path):
+def test_demo_defaults_fill_data_steps_and_context(tmp_path, monkeypatch):
+    monkeypatch.delenv(RECIPE_ENV, raising=False)
     config = resolve_config()
+    assert config.init.name == "wanda-sp" and config.init.seq_len > DEMO.seq_len
     demo = apply_demo_defaults(config, cache_dir=tmp_path)
     calibration, evaluation = demo_data(tmp_path)
     assert demo.data.calib_file == str(calibration)
     assert demo.data.eval == []
     assert demo.data.eval_files == [str(evaluation)]
     assert demo.training.steps == DEMO_STEPS
+    # no sequence longer than the demo model was trained on
+    assert demo.init.seq_len == demo.data.seq_len == demo.evaluation.seq_len == DEMO.seq_len
     # a copy: the caller's config is unchanged
     assert config.data.calib_file is None and config.training.steps is None
     assert config.data.eval == ["wikitext2"]
     # idempotent, and what it filled counts as set (config.yaml records it for resume)
     assert apply_demo_defaults(demo, cache_dir=tmp_path).model_dump() == demo.model_dump()
     assert {"calib_file", "eval", "eval_files"} <= demo.data.model_fields_set
+    # the context is the recipe's: the tiny test recipe has a shorter one
+    monkeypatch.setenv(RECIPE_ENV, "tiny")
+    assert apply_demo_defaults(config, cache_dir=tmp_path).init.seq_len == TINY.seq_len
 
 
 @pytest.mark.parametrize(
     ("overrides", "expected"),
     [
-        ({"data.calib": "wikitext2"}, {"calib_file": None, "calib": "wikitext2"}),
-        ({"data.calib": "c4"}, {"calib_file": None, "calib": "c4"}),
-        ({"data.calib_file": "mine.txt"}, {"calib_file": "mine.txt"}),
-        ({"data.eval": ["wikitext2"]}, {"eval": ["wikitext2"], "eval_files": "DEMO"}),
-        ({"data.eval_files": ["mine.txt"]}, {"eval": [], "eval_files": ["mine.txt"]}),
-        ({"training.steps": 7}, {"steps": 7}),
-        ({"training.epochs": 0.5}, {"steps": None, "epochs": 0.5}),
+        ({"data.calib": "wikitext2"}, {"data.calib_file": None, "data.calib": "wikitext2"}),
+        ({"data.calib": "c4"}, {"data.calib_file": None, "data.calib": "c4"}),
+        ({"data.calib_file": "mine.txt"}, {"data.calib_file": "mine.txt"}),
+        ({"data.eval": ["wikitext2"]}, {"data.eval": ["wikitext2"], "data.eval_files": "DEMO"}),
+        ({"data.eval_files": ["mine.txt"]}, {"data.eval": [], "data.eval_files": ["mine.txt"]}),
+        ({"training.steps": 7}, {"training.steps": 7}),
+        ({"training.epochs": 0.5}, {"training.steps": None, "training.epochs": 0.5}),
+        ({"init.seq_len": 512}, {"init.seq_len": 512}),
+        ({"evaluation.seq_len": 256}, {"evaluation.seq_len": 256}),
+        ({"init.name": "magnitude"}, {"init.name": "magnitude", "training.steps": DEMO_STEPS}),
     ],
 )
 def test_demo_defaults_leave_what_the_user_set(tmp_path, overrides, expected):
     demo = apply_demo_defaults(resolve_config(overrides=overrides), cache_dir=tmp_path)
     _, evaluation = demo_data(tmp_path)
-    for key, value in expected.items():
-        section = demo.training if key in ("steps", "epochs") else demo.data
+    for dotted, value in expected.items():
+        section, key = dotted.split(".")
         if value == "DEMO":
             value = [str(evaluation)]
-        assert getattr(section, key) == value, key
+        assert getattr(getattr(demo, section), key) == value, dotted

@@ -21,6 +21,7 @@ from pydantic import BaseModel
 
 from ..config import RunConfig
 from .datafiles import demo_data
+from .recipe import default_recipe
 
 #: optimisation steps of the demo run (batch 8 x 128 tokens, 2 masks a step): long enough
 #: for the policy to move visibly away from its Wanda-sp start, short enough for the whole
@@ -41,13 +42,22 @@ def apply_demo_defaults(config: RunConfig, cache_dir: str | Path | None = None) 
     - ``data.eval`` = ``[]`` (no named corpus: they need the internet), unless set;
     - ``data.eval_files`` = ``[the demo evaluation file]``, unless set;
     - ``training.steps`` = :data:`DEMO_STEPS`, unless ``training.steps`` or
-      ``training.epochs`` was set.
+      ``training.epochs`` was set;
+    - every sequence length left unset (``data.seq_len``, ``evaluation.seq_len``, the
+      initializer's ``seq_len``, e.g. Wanda-sp's 1024) is capped at the demo model's
+      context: it never saw a position beyond it, so scoring or measuring there would
+      describe a model that does not exist.
     """
     if config.model.name_or_path is not None:
         return config
     calibration, evaluation = demo_data(cache_dir)
+    context = default_recipe().seq_len
     demo = config.model_copy(deep=True)
     data, training = demo.data, demo.training
+    for section in (data, demo.evaluation, demo.init):
+        length = getattr(section, "seq_len", None)
+        if length is not None and length > context and not _user_set(section, "seq_len"):
+            section.seq_len = context
     if not _user_set(data, "calib", "calib_file"):
         data.calib_file = str(calibration)
     if not _user_set(data, "eval"):
