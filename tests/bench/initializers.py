@@ -9,6 +9,7 @@ evaluation WikiText-2 raw test at 128 tokens, per-type budget.
 
     python tests/bench/initializers.py > initializers.json
     python tests/bench/initializers.py --rates 0.5 --inits wanda-sp
+    python tests/bench/initializers.py --kinds layer --inits layerwise-ppl --set init.n_sequences=128
 
 Prints one JSON document: the dense perplexity, then per run its initializer,
 granularity, rate, perplexity, parameters and the time spent scoring + evaluating.
@@ -45,12 +46,14 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--budget", default="per-type")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--work-dir", default=None, help="run directories (default: a temp dir)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="extra dotted config override for every run, e.g. init.n_sequences=128")
     return parser.parse_args()
 
 
 def run_one(args: argparse.Namespace, work: Path, init: str, granularity: str, rate: float,
             dense: bool) -> dict[str, Any]:
-    from pgprune_core.config import resolve_config
+    from pgprune_core.config import parse_value, resolve_config
     from pgprune_core.pipeline import run_pipeline
 
     name = f"{init}-{granularity.replace(',', '+')}-{round(rate * 100)}"
@@ -72,6 +75,9 @@ def run_one(args: argparse.Namespace, work: Path, init: str, granularity: str, r
         "output.overwrite": True,
         "output.save_model": False,
     }
+    for item in args.set:
+        key, _, value = item.partition("=")
+        flat[key] = parse_value(value)
     started = time.perf_counter()
     result = run_pipeline(resolve_config(None, None, flat))
     metrics = result.metrics
@@ -120,6 +126,7 @@ def main() -> None:
         "budget": args.budget,
         "estimator": "none",
         "seed": args.seed,
+        "overrides": args.set,
         "dense": dense,
         "runs": rows,
     }, indent=2))
