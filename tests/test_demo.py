@@ -315,3 +315,26 @@ def test_demo_defaults_leave_what_the_user_set(tmp_path, overrides, expected):
         if value == "DEMO":
             value = [str(evaluation)]
         assert getattr(getattr(demo, section), key) == value, dotted
+
+
+@pytest.mark.slow
+def test_pgprune_run_without_a_model_prunes_the_demo_model_offline(tmp_path, monkeypatch):
+    from pgprune_core.config import load_config_file
+    from pgprune_core.pipeline import run_pipeline
+
+    monkeypatch.setenv(RECIPE_ENV, "tiny")
+    monkeypatch.setenv("PGPRUNE_CACHE", str(tmp_path / "cache"))
+    config = resolve_config(overrides={
+        "training.steps": 2, "evaluation.evaluators": ["perplexity"],
+        "output.dir": str(tmp_path / "run"),
+    })
+    result = run_pipeline(config)
+    calibration, evaluation = demo_data(tmp_path / "cache")
+    assert set(result.metrics["dense"]["ppl"]) == {"pydoc-eval"}
+    assert result.metrics["run"]["steps"] == 2
+    assert result.metrics["pruned"]["params"] < result.metrics["dense"]["params"]
+    recorded = load_config_file(result.run_dir / "config.yaml")
+    assert recorded["data"]["calib_file"] == str(calibration)
+    assert recorded["data"]["eval_files"] == [str(evaluation)]
+    assert recorded["init"]["seq_len"] == TINY.seq_len
+    assert demo_model_path(tmp_path / "cache", TINY).is_dir()

@@ -54,10 +54,11 @@ def apply_demo_defaults(config: RunConfig, cache_dir: str | Path | None = None) 
     context = default_recipe().seq_len
     demo = config.model_copy(deep=True)
     data, training = demo.data, demo.training
-    for section in (data, demo.evaluation, demo.init):
+    sections: tuple[BaseModel, ...] = (data, demo.evaluation, demo.init)
+    for section in sections:
         length = getattr(section, "seq_len", None)
         if length is not None and length > context and not _user_set(section, "seq_len"):
-            section.seq_len = context
+            setattr(section, "seq_len", context)  # noqa: B010 (plugin sections vary)
     if not _user_set(data, "calib", "calib_file"):
         data.calib_file = str(calibration)
     if not _user_set(data, "eval"):

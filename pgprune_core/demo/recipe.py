@@ -10,7 +10,8 @@ Two recipes exist: ``demo``, the one ``pgprune run`` uses (sized so that it trai
 under two minutes on two CPU cores, clearly beats a unigram model on held-out topics, and
 visibly loses perplexity when 30 % of its channels and heads are pruned), and ``tiny``, a
 seconds-long build with the same code path, for tests.  ``PGPRUNE_DEMO_RECIPE=tiny``
-selects it everywhere (the end-to-end tests of ``pgprune run`` without ``--model`` use it).
+selects it everywhere, which is how an end-to-end test of ``pgprune run`` without
+``--model`` stays fast.
 """
 
 from __future__ import annotations
