@@ -65,7 +65,7 @@ class TaylorInitializer(CheckedInitializer):
         grads = weight_gradients(ctx.structure.model, params, batches)
 
         def score(site: LayerSite, kind: str) -> torch.Tensor:
-            def first_order(param: nn.Parameter) -> torch.Tensor:
+            def first_order(param: torch.Tensor) -> torch.Tensor:
                 product = param.detach().to(torch.float32) * grads[id(param)].to(param.device)
                 return product if config.variant == "vectorize" else product.abs()
 
@@ -77,7 +77,7 @@ class TaylorInitializer(CheckedInitializer):
 
 
 def weight_gradients(
-    model: nn.Module, params: list[nn.Parameter], batches: list[torch.Tensor]
+    model: nn.Module, params: list[torch.Tensor], batches: list[torch.Tensor]
 ) -> dict[int, torch.Tensor]:
     """``{id(param): dL/dparam}`` in float32, L = mean token cross-entropy over all
     ``batches``; only ``params`` get gradients, and the model's ``requires_grad`` flags and

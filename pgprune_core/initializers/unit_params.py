@@ -21,7 +21,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
-from torch import nn
 
 from ..errors import ConfigError
 from ..structure import LayerSite, ModelStructure, UnitSet
@@ -34,7 +33,7 @@ Reduce = Callable[[torch.Tensor], torch.Tensor]
 class UnitSlice:
     """One parameter and how to sum a same-shaped tensor over each unit's entries of it."""
 
-    param: nn.Parameter
+    param: torch.Tensor
     reduce: Reduce
 
 
@@ -75,9 +74,9 @@ def unit_slices(site: LayerSite, kind: str) -> list[UnitSlice]:
     raise ConfigError(f"no parameter map for granularity '{kind}'; known: channel, head, layer")
 
 
-def unit_parameters(structure: ModelStructure, kinds: Sequence[str]) -> list[nn.Parameter]:
+def unit_parameters(structure: ModelStructure, kinds: Sequence[str]) -> list[torch.Tensor]:
     """Every parameter owned by a unit of one of ``kinds`` (each once)."""
-    seen: dict[int, nn.Parameter] = {}
+    seen: dict[int, torch.Tensor] = {}
     for site in structure.layers:
         for kind in kinds:
             for unit_slice in unit_slices(site, kind):
@@ -88,7 +87,7 @@ def unit_parameters(structure: ModelStructure, kinds: Sequence[str]) -> list[nn.
 def layer_unit_sums(
     site: LayerSite,
     kind: str,
-    values: Callable[[nn.Parameter], torch.Tensor],
+    values: Callable[[torch.Tensor], torch.Tensor],
     *,
     abs_per_parameter: bool = False,
 ) -> torch.Tensor:
