@@ -94,26 +94,26 @@ def weight_gradients(
         for p in all_params:
             p.requires_grad_(False)
             p.grad = None
-        for p in params:
-            p.requires_grad_(True)
+        for w in params:
+            w.requires_grad_(True)
         with torch.enable_grad():
             for batch in batches:
                 out = model(input_ids=batch, labels=batch, use_cache=False)
                 # every window has the same length, so weighting each batch's mean loss by
                 # its share of windows gives the mean over all calibration tokens
                 (out.loss * (batch.shape[0] / total_rows)).backward()
-                for p in params:
-                    if p.dtype == torch.float32 or p.grad is None:
+                for w in params:
+                    if w.dtype == torch.float32 or w.grad is None:
                         continue
-                    if id(p) in accum:
-                        accum[id(p)].add_(p.grad.to(torch.float32))
+                    if id(w) in accum:
+                        accum[id(w)].add_(w.grad.to(torch.float32))
                     else:
-                        accum[id(p)] = p.grad.to(torch.float32)
-                    p.grad = None
-        for p in params:
-            if p.dtype == torch.float32 and p.grad is not None:
-                accum[id(p)] = p.grad
-            accum.setdefault(id(p), torch.zeros_like(p, dtype=torch.float32))
+                        accum[id(w)] = w.grad.to(torch.float32)
+                    w.grad = None
+        for w in params:
+            if w.dtype == torch.float32 and w.grad is not None:
+                accum[id(w)] = w.grad
+            accum.setdefault(id(w), torch.zeros_like(w, dtype=torch.float32))
     finally:
         for p, flag, grad in zip(all_params, flags, saved_grads, strict=True):
             p.requires_grad_(flag)
