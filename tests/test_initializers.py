@@ -261,6 +261,15 @@ def test_taylor_equals_direct_autograd(make_setup, variant):
     assert all(p.grad is None for p in params[1:])
 
 
+def test_taylor_on_a_half_precision_model_accumulates_in_float32(make_setup):
+    setup = make_setup("llama", ["channel", "head"])
+    full = scores_of("taylor", make_ctx(setup), n_sequences=N_SEQ, seq_len=SEQ_LEN, batch_size=2)
+    setup.model.to(torch.bfloat16)
+    half = scores_of("taylor", make_ctx(setup), n_sequences=N_SEQ, seq_len=SEQ_LEN, batch_size=2)
+    assert all(p.grad is None for p in setup.model.parameters())
+    assert torch.corrcoef(torch.stack([full, half]))[0, 1] > 0.95
+
+
 # -- random, uniform --------------------------------------------------------------------
 
 
