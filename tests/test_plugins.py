@@ -6,6 +6,7 @@ import sys
 import types
 from importlib import metadata
 from typing import Literal
+from pathlib import Path
 
 import pytest
 from pydantic import create_model
@@ -158,3 +159,15 @@ def test_plugin_modules_do_not_leak_into_sys_modules_of_core():
             for plugin_pkg in ("pgprune_reinforce", "pgprune_llama", "pgprune_mistral",
                                "pgprune_gumbel", "pgprune_ppo", "pgprune_lm_eval"):
                 assert f"import {plugin_pkg}" not in text and f"from {plugin_pkg}" not in text, name
+
+
+def test_install_command_installs_every_plugin_distribution() -> None:
+    """README's install (``pip install -r requirements-dev.txt``) must reach every plugin
+    under ``plugins/``: a plugin left out is a plugin whose tests cannot import it."""
+    root = Path(__file__).resolve().parent.parent
+    lines = (root / "requirements-dev.txt").read_text().splitlines()
+    editable = {line.split(None, 1)[1].strip() for line in lines if line.startswith("-e ")}
+    plugin_dirs = {f"plugins/{p.name}" for p in (root / "plugins").iterdir()
+                   if (p / "pyproject.toml").exists()}
+    assert plugin_dirs, "no plugin distributions found"
+    assert plugin_dirs <= editable, f"not installed by requirements-dev.txt: {plugin_dirs - editable}"

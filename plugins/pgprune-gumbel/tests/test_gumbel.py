@@ -218,7 +218,7 @@ def test_config_defaults_validation_and_registration() -> None:
     config = GumbelEstimator.Config()
     assert (config.n_samples, config.tau_start, config.tau_end, config.tau_schedule,
             config.straight_through, config.lr, config.schedule) == (
-        2, 1.0, 0.1, "exponential", False, 2e-3, "cosine")
+        2, 1.0, 0.1, "exponential", False, 2e-2, "cosine")
     with pytest.raises(ValidationError, match="tau_end"):
         GumbelEstimator.Config(tau_start=0.5, tau_end=1.0)
     with pytest.raises(ValidationError):

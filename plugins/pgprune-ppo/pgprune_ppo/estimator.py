@@ -48,7 +48,7 @@ class PpoEstimator(Estimator):
     class Config(StepSizeConfig):
         name: Literal["ppo"] = "ppo"
         #: base learning rate per update, in units of normalised advantage (see README)
-        lr: float = Field(default=1e-4, gt=0)
+        lr: float = Field(default=3e-5, gt=0)
         #: masks sampled per step (M); each costs one forward pass of the batch
         n_samples: int = Field(default=4, ge=2)
         #: updates of s per step on the same samples (K)

@@ -199,7 +199,7 @@ def test_non_finite_loss_skips_the_step() -> None:
 def test_config_defaults_validation_and_registration() -> None:
     config = PpoEstimator.Config()
     assert (config.n_samples, config.epochs, config.clip, config.lr, config.baseline,
-            config.schedule) == (4, 4, 0.2, 1e-4, "moving-average", "cosine")
+            config.schedule) == (4, 4, 0.2, 3e-5, "moving-average", "cosine")
     for bad in ({"n_samples": 1}, {"clip": 1.0}, {"clip": 0.0}, {"epochs": 0}):
         with pytest.raises(ValidationError):
             PpoEstimator.Config(**bad)
