@@ -144,15 +144,16 @@ def build_stream(config: RunConfig, tokens: torch.Tensor, total_steps_hint: int 
 
 
 def calibration_batches(config: RunConfig, tokens: torch.Tensor):  # type: ignore[no-untyped-def]
-    """``fn(n_sequences, seq_len)`` for initializers: deterministic windows of the same text."""
+    """``fn(n_sequences, seq_len)`` for initializers: exactly ``n_sequences`` deterministic
+    windows of the same text, in batches of at most ``training.batch_size`` rows."""
     from .data import CalibrationStream
 
     def batches(n_sequences: int, seq_len: int) -> Any:
         stream = CalibrationStream(
-            tokens, seq_len=seq_len, batch_size=min(config.training.batch_size, n_sequences),
-            n_segments=n_sequences, seed=config.training.seed, sampling=config.data.sampling,
+            tokens, seq_len=seq_len, batch_size=n_sequences, n_segments=n_sequences,
+            seed=config.training.seed, sampling=config.data.sampling,
         )
-        return (stream.batch(p) for p in range(stream.steps_per_epoch))
+        return iter(stream.batch(0).split(config.training.batch_size))
 
     return batches
 

@@ -65,3 +65,20 @@ def test_metric_alone_prunes_by_its_own_scores(assets, tmp_path, init, granulari
         assert float(part[keep].min()) >= float(part[~keep].max())
     assert start == scores.numel()
     assert result.metrics["pruned"]["params"] < result.metrics["dense"]["params"]
+
+
+@pytest.mark.parametrize("sampling", ["random", "sequential"])
+def test_run_calibration_provider_gives_exactly_the_windows_asked(sampling) -> None:
+    """Initializers get ``n_sequences`` windows in all (a count that is not a multiple of the
+    loop's batch size included), the same ones on every call, in batches no larger than it."""
+    from pgprune_core.pipeline import calibration_batches
+
+    config = resolve_config(None, None, {"training.batch_size": 8, "data.sampling": sampling})
+    tokens = torch.arange(10_000) % 997
+    provider = calibration_batches(config, tokens)
+    first = list(provider(20, 16))
+    assert [b.shape for b in first] == [(8, 16), (8, 16), (4, 16)]
+    windows = torch.cat(first)
+    assert torch.equal(windows, torch.cat(list(provider(20, 16))))
+    # every row is a contiguous window of the token stream (tokens count up modulo 997)
+    assert torch.equal(windows, (windows[:, :1] + torch.arange(16)) % 997)
