@@ -149,11 +149,12 @@ def calibration_batches(config: RunConfig, tokens: torch.Tensor):  # type: ignor
     from .data import CalibrationStream
 
     def batches(n_sequences: int, seq_len: int) -> Any:
+        batch_size = min(config.training.batch_size, n_sequences)
         stream = CalibrationStream(
-            tokens, seq_len=seq_len, batch_size=n_sequences, n_segments=n_sequences,
+            tokens, seq_len=seq_len, batch_size=batch_size, n_segments=n_sequences,
             seed=config.training.seed, sampling=config.data.sampling,
         )
-        return iter(stream.batch(0).split(config.training.batch_size))
+        return iter(stream.windows().split(batch_size))
 
     return batches
 

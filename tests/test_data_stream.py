@@ -51,6 +51,15 @@ def test_partial_last_batch_is_dropped():
     assert len(list(stream)) == 2
 
 
+def test_windows_are_every_segment_in_the_epochs_batch_order():
+    stream = CalibrationStream(TOKENS, seq_len=16, batch_size=4, n_segments=10, seed=0)
+    windows = stream.windows(1)
+    assert windows.shape == (10, 16) and windows.dtype == torch.int64
+    # the full batches of epoch 1, then the rows the partial batch would have held
+    assert torch.equal(windows[:8], torch.cat(list(stream.batches(2, 2))))
+    assert sorted(_starts(windows)) == sorted(stream.offsets.tolist())
+
+
 def test_sequential_windows_in_stream_order():
     stream = CalibrationStream(TOKENS, seq_len=100, batch_size=3, sampling="sequential")
     assert stream.n_segments == 100 and stream.steps_per_epoch == 33

@@ -82,3 +82,7 @@ def test_run_calibration_provider_gives_exactly_the_windows_asked(sampling) -> N
     assert torch.equal(windows, torch.cat(list(provider(20, 16))))
     # every row is a contiguous window of the token stream (tokens count up modulo 997)
     assert torch.equal(windows, (windows[:, :1] + torch.arange(16)) % 997)
+    # many long windows from a text shorter than their total (random windows overlap)
+    if sampling == "random":
+        short = torch.arange(3_000) % 997
+        assert sum(b.shape[0] for b in calibration_batches(config, short)(64, 128)) == 64

@@ -127,6 +127,12 @@ class CalibrationStream:
         starts = self.offsets[index]
         return self.tokens[starts[:, None] + self._window].to(torch.int64)
 
+    def windows(self, epoch: int = 0) -> torch.Tensor:
+        """int64 [n_segments, seq_len]: every segment, in the order epoch ``epoch`` visits
+        them (the rows of that epoch's batches, with the partial last batch included)."""
+        starts = self.offsets[self.order(epoch)]
+        return self.tokens[starts[:, None] + self._window].to(torch.int64)
+
     def batches(self, start: int = 0, count: int | None = None) -> Iterator[torch.Tensor]:
         """``count`` batches from ``start`` (default: to the end of ``start``'s epoch)."""
         if count is None:
