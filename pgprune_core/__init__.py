@@ -55,7 +55,8 @@ __all__ = [
 
 
 def run(config: Any = None, **overrides: Any) -> Any:
-    """Run pgprune from Python: ``run(prune_rate=0.3)`` or ``run(RunConfig)``.
+    """Run pgprune from Python: ``run(pruning__prune_rate=0.3)``, ``run("run.yaml")``
+    or ``run(RunConfig)``.
 
     Keyword arguments are dotted keys with ``__`` for dots: ``estimator__lr=3e-2``.
     """

@@ -66,7 +66,8 @@ class DataSection(Section):
     calib_file: str | None = None
     #: documents to use from the calibration corpus, Python slice syntax ("1800:2000")
     calib_slice: str | None = None
-    #: number of calibration segments (the paper: 120000); None = as many as the steps need
+    #: number of calibration segments (the paper: 120000); None = steps x batch size when
+    #: training.steps is set, else the paper's 120000 (one batch for --estimator none)
     n_segments: int | None = Field(default=None, gt=0)
     #: tokens per calibration segment (the paper: 128)
     seq_len: int = Field(default=128, gt=1)
@@ -151,7 +152,7 @@ class TrainingSection(Section):
 class OutputSection(Section):
     """Where the run directory goes and what it holds."""
 
-    #: run directory; None = runs/<model>-<rate>-<timestamp>
+    #: run directory; None = runs/<model>-<estimator>-<rate>pct-<timestamp>
     dir: str | None = None
     overwrite: bool = False
     save_model: bool = True
@@ -299,9 +300,11 @@ def _set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
 
 def merge(base: dict[str, Any], flat: Mapping[str, Any]) -> dict[str, Any]:
     """Apply ``{"section.key": value}`` onto a nested dict.  Selecting another plugin
-    (``estimator.name``) drops the previous plugin's options, which would not validate."""
+    (``estimator.name``) drops the previous plugin's options, which would not validate;
+    names are applied first, so ``--estimator.lr 1e-3 --estimator.name ppo`` keeps the lr."""
     out = copy.deepcopy(base)
-    for dotted, value in flat.items():
+    names_first = sorted(flat.items(), key=lambda item: item[0].partition(".")[2] != "name")
+    for dotted, value in names_first:
         section, _, rest = dotted.partition(".")
         if rest == "name" and section in PLUGIN_SECTIONS:
             current = out.get(section) or {}

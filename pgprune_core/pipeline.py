@@ -76,8 +76,9 @@ def load_model(config: RunConfig, registry: Registry, reporter: Reporter) -> tup
         from .demo import ensure_demo_model
 
         name_or_path = str(ensure_demo_model(reporter=reporter))
-    adapter_name = config.model.adapter or resolve_adapter(name_or_path, registry=registry,
-                                                           revision=config.model.revision)
+    adapter_name = config.model.adapter or resolve_adapter(
+        name_or_path, registry=registry, revision=config.model.revision,
+        trust_remote_code=config.model.trust_remote_code)
     adapter = registry.cls("adapter", adapter_name)()
     reporter.phase(f"loading {name_or_path} with adapter '{adapter_name}'")
     loaded = adapter.load(

@@ -61,6 +61,17 @@ def test_changing_plugin_drops_the_previous_plugins_options(tmp_path):
     assert config.estimator.name == "none"
 
 
+def test_plugin_options_given_before_the_plugin_name_are_kept():
+    """Overrides select the plugin first, whatever their order on the command line."""
+    pytest.importorskip("pgprune_ppo")
+    for order in (
+        {"estimator.lr": 1e-3, "estimator.name": "ppo"},
+        {"estimator.name": "ppo", "estimator.lr": 1e-3},
+    ):
+        config = resolve_config(None, None, order)
+        assert (config.estimator.name, config.estimator.lr) == ("ppo", 1e-3)
+
+
 @pytest.mark.parametrize("rate", [0.0, 1.0, 1.5, -0.1])
 def test_prune_rate_outside_unit_interval_names_the_range(rate):
     with pytest.raises(ConfigError, match=r"pruning.prune_rate: .*\(0, 1\)"):
