@@ -86,6 +86,20 @@ def test_run_dry_run_prints_config():
     assert yaml.safe_load(result.output)["pruning"]["granularity"] == ["layer"]
 
 
+def test_dry_run_and_config_show_print_what_the_demo_run_uses(tmp_path, monkeypatch):
+    from pgprune_core.data.cache import CACHE_ENV
+    from pgprune_core.demo import DEMO_STEPS
+
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path / "cache"))
+    for command in (("run", "--dry-run"), ("config", "show")):
+        shown = yaml.safe_load(invoke(*command).output)
+        assert shown["training"]["steps"] == DEMO_STEPS
+        assert Path(shown["data"]["calib_file"]).is_file()
+        assert shown["data"]["eval"] == [] and len(shown["data"]["eval_files"]) == 1
+    named = yaml.safe_load(invoke("run", "--dry-run", "--model", "some/model").output)
+    assert named["training"]["steps"] is None and named["data"]["calib_file"] is None
+
+
 @pytest.fixture(scope="module")
 def theirs_site(tmp_path_factory) -> Path:
     """pip-installs the throw-away plugin distribution into a private target directory."""

@@ -9,8 +9,11 @@ from .options import OVERRIDE_CONTEXT, config_options
 
 
 def _show(config: RunConfig) -> None:
-    """Print the resolved config (defaults < --config file < flags < dotted overrides)."""
-    typer.echo(dump_config(config), nl=False)
+    """Print the resolved config (defaults < --config file < flags < dotted overrides),
+    with the demo's data and run length filled in when no --model is named."""
+    from ..demo import apply_demo_defaults
+
+    typer.echo(dump_config(apply_demo_defaults(config)), nl=False)
 
 
 def register(app: typer.Typer) -> None:

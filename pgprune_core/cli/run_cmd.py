@@ -21,8 +21,9 @@ def _run(
     """
     if dry_run:
         from ..config import dump_config
+        from ..demo import apply_demo_defaults
 
-        typer.echo(dump_config(config), nl=False)
+        typer.echo(dump_config(apply_demo_defaults(config)), nl=False)
         return
     from ..pipeline import run_pipeline
     from .progress import RichReporter
