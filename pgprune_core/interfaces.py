@@ -198,7 +198,7 @@ class Estimator(Plugin):
     #: False for ``none``: prune from the initial scores without optimising.
     optimises: ClassVar[bool] = True
 
-    def start(self, policy: BernoulliPolicy, total_steps: int) -> None:  # noqa: B027
+    def start(self, policy: BernoulliPolicy, total_steps: int) -> None:
         """Reset internal state before the first step of a (stage of a) run."""
 
     @abc.abstractmethod
@@ -209,7 +209,7 @@ class Estimator(Plugin):
         """Checkpointable state: tensors, numbers, strings, lists thereof."""
         return {}
 
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:  # noqa: B027
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Restore :meth:`state_dict`."""
 
 

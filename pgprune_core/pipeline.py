@@ -63,7 +63,7 @@ class Prepared:
 def default_run_dir(config: RunConfig) -> Path:
     model = Path(config.model.name_or_path or "demo").name or "model"
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    rate = int(round(config.pruning.prune_rate * 100))
+    rate = round(config.pruning.prune_rate * 100)
     return Path("runs") / f"{model}-{config.estimator.name}-{rate}pct-{stamp}"
 
 

@@ -89,9 +89,9 @@ class RunDir:
                 f"{self.path} already holds a pgprune run; continue it with "
                 f"`pgprune resume {self.path}` or pass --output.overwrite true"
             )
-        if self.path.exists() and not self.marker.exists() and any(self.path.iterdir()):
-            if not overwrite:
-                raise RunDirError(f"{self.path} exists and is not empty; choose another --out")
+        if (self.path.exists() and not self.marker.exists() and any(self.path.iterdir())
+                and not overwrite):
+            raise RunDirError(f"{self.path} exists and is not empty; choose another --out")
         self.path.mkdir(parents=True, exist_ok=True)
         for stale in (self.checkpoint, self.metrics_log, self.dense_metrics, self.scores,
                       self.masks, self.metrics):

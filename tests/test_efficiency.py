@@ -11,16 +11,6 @@ from pgprune_core.registry import get_registry
 from pgprune_core.testing import tiny_model, tiny_tokenizer
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One intra-op thread: on a shared 2-core machine torch's thread pool spins against
-    other processes and tiny forwards become 100x slower."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 def test_parameter_counts_untied_and_tied():
     untied = tiny_model()
     vocab, hidden = untied.config.vocab_size, untied.config.hidden_size

@@ -13,16 +13,6 @@ from pgprune_core.perplexity import perplexity
 from pgprune_core.testing import sample_text, save_tiny_model
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One intra-op thread: on a shared 2-core machine torch's thread pool spins against
-    other processes and tiny forwards become 100x slower."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
     return save_tiny_model(tmp_path_factory.mktemp("m") / "tiny")

@@ -17,16 +17,6 @@ from pgprune_core.reporting import SilentReporter
 from pgprune_core.testing import sample_text, tiny_model, tiny_tokenizer
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One intra-op thread: on a shared 2-core machine torch's thread pool spins against
-    other processes and tiny forwards become 100x slower."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 @pytest.fixture(scope="module")
 def model():
     return tiny_model(seed=3)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import sys
 import types
 from importlib import metadata
-from typing import Literal
 from pathlib import Path
+from typing import Literal
 
 import pytest
 from pydantic import create_model
@@ -58,12 +58,12 @@ def test_temporary_plugin_is_registered_then_removed(registry):
 
 def test_duplicate_name_is_refused_with_both_origins(registry):
     first, second = _estimator_plugin("dup"), _estimator_plugin("dup", option_default=2)
-    with temporary_plugin(first, "first-plugin", distribution="dist-one"):
-        with temporary_plugin(second, "second-plugin", distribution="dist-two") as reg:
-            assert reg.get("estimator", "dup").cls is first.cls  # the first one stays
-            failure = next(f for f in reg.failures if f.plugin == "second-plugin")
-            assert "dist-one" in failure.error and "dist-two" in failure.error
-            assert "registered twice" in failure.error
+    with (temporary_plugin(first, "first-plugin", distribution="dist-one"),
+          temporary_plugin(second, "second-plugin", distribution="dist-two") as reg):
+        assert reg.get("estimator", "dup").cls is first.cls  # the first one stays
+        failure = next(f for f in reg.failures if f.plugin == "second-plugin")
+        assert "dist-one" in failure.error and "dist-two" in failure.error
+        assert "registered twice" in failure.error
 
 
 def test_broken_hook_is_isolated(registry):
@@ -73,12 +73,12 @@ def test_broken_hook_is_isolated(registry):
 
     broken = types.SimpleNamespace(pgprune_register_estimators=pgprune_register_estimators)
     good = _estimator_plugin("still-works")
-    with temporary_plugin(broken, "broken-plugin", distribution="broken-dist"):
-        with temporary_plugin(good, "good-plugin") as reg:
-            assert "still-works" in reg.names("estimator")
-            (failure,) = [f for f in reg.failures if f.plugin == "broken-plugin"]
-            assert failure.distribution == "broken-dist"
-            assert "missing_dependency" in failure.error
+    with (temporary_plugin(broken, "broken-plugin", distribution="broken-dist"),
+          temporary_plugin(good, "good-plugin") as reg):
+        assert "still-works" in reg.names("estimator")
+        (failure,) = [f for f in reg.failures if f.plugin == "broken-plugin"]
+        assert failure.distribution == "broken-dist"
+        assert "missing_dependency" in failure.error
 
 
 def test_invalid_plugin_class_is_reported(registry):
@@ -155,7 +155,7 @@ def test_plugin_modules_do_not_leak_into_sys_modules_of_core():
         module = sys.modules[name]
         source = getattr(module, "__file__", "") or ""
         if source.endswith(".py"):
-            text = open(source, encoding="utf-8").read()
+            text = Path(source).read_text(encoding="utf-8")
             for plugin_pkg in ("pgprune_reinforce", "pgprune_llama", "pgprune_mistral",
                                "pgprune_gumbel", "pgprune_ppo", "pgprune_lm_eval"):
                 assert f"import {plugin_pkg}" not in text and f"from {plugin_pkg}" not in text, name

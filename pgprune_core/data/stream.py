@@ -21,22 +21,15 @@ dropped segments differ from epoch to epoch.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Iterator
 from typing import Literal
 
 import torch
 
 from ..errors import ConfigError, DataError
+from ..seeding import derived_seed
 
 Sampling = Literal["random", "sequential"]
-
-
-def derived_seed(seed: int, *parts: object) -> int:
-    """A 63-bit seed from ``seed`` and labels, so independent draws (offsets, the order of
-    each epoch) never share a random stream."""
-    text = "/".join(str(p) for p in (seed, *parts))
-    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "little") >> 1
 
 
 class CalibrationStream:

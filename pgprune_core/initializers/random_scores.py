@@ -17,8 +17,8 @@ from typing import Literal
 import torch
 
 from ..config_base import InitializerConfig
-from ..data.stream import derived_seed
 from ..interfaces import InitContext
+from ..seeding import derived_seed
 from .base import CheckedInitializer
 
 
