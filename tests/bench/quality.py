@@ -1,0 +1,131 @@
+"""Benchmark: pruning quality on the proxy model (issues 4, 7 and 8), as ``pgprune compare`` grids.
+
+Every grid is one ``pgprune compare`` command (printed before it runs, so each table in
+``docs/benchmarks.md`` names the command that made it) in ``WORK/<grid>``; its cells are
+ordinary run directories, dense metrics and initial scores are computed once per grid, and
+re-running the script continues unfinished grids (finished cells are not run again).
+
+Setting of ``shared/REFERENCE.md``: proxy-llama-7m, calibration C4 validation docs
+1800-1999, evaluation WikiText-2 raw test in 128-token windows, batch 8 x 128, seed 0.
+
+Grids (``--grids``, default all; ``--rates`` sets the rates of the first four):
+
+- ``issue4``: reinforce from wanda-sp and wanda-sp alone (``--estimator none``), 30/40/50 %,
+  channels+heads, budgets ``per-type`` and ``params``.
+- ``random-masks``: random masks (``--estimator none --init random``), the same cells.
+- ``starts``: reinforce from random, magnitude and taylor, and each alone, per-type.
+- ``layers``: reinforce from random, layerwise-ppl and taylor, and each alone, layers only.
+- ``budgets``: reinforce from wanda-sp at 50 % with the ``global`` and ``local`` budgets
+  (``per-type`` and ``params`` are in ``issue4``).
+- ``baseline``: reinforce from wanda-sp at 50 % without the moving-average baseline
+  (``--estimator.baseline none``; with it: ``issue4``).
+- ``estimators``: reinforce, gumbel and ppo from wanda-sp at 50 %, per-type, ``--seeds``,
+  the same number of forward passes (``--equal-forwards``) (issue 7).
+
+    python tests/bench/quality.py --work runs/bench-quality > quality.json
+    python tests/bench/quality.py --grids starts --rates 0.5
+    python tests/bench/quality.py --grids estimators --seeds 0,1,2
+
+Prints one JSON document: per grid its command and the rows of its ``compare.csv``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+SHARED = Path(__file__).resolve().parents[3] / "shared"
+RATES = "0.3,0.4,0.5"
+
+
+def grids(steps: int, rates: str = RATES, seeds: str = "0") -> dict[str, list[str]]:
+    """The grid arguments of ``pgprune compare`` (the common setting is added to each)."""
+    def inits(*names: str) -> list[str]:
+        return [arg for name in names for arg in ("--init", name)]
+
+    both = ["--estimator", "reinforce", "--estimator", "none"]
+    ch = ["--granularity", "channel,head"]
+    length = ["--steps", str(steps)]
+    return {
+        "issue4": [*both, *inits("wanda-sp"), *ch, "--rates", rates,
+                   "--budget", "per-type", "--budget", "params", *length],
+        "random-masks": ["--estimator", "none", *inits("random"), *ch, "--rates", rates,
+                         "--budget", "per-type", "--budget", "params", *length],
+        "starts": [*both, *inits("random", "magnitude", "taylor"), *ch, "--rates", rates,
+                   "--budget", "per-type", *length],
+        "layers": [*both, *inits("random", "layerwise-ppl", "taylor"), "--granularity", "layer",
+                   "--rates", rates, "--budget", "per-type", *length],
+        "budgets": ["--estimator", "reinforce", *inits("wanda-sp"), *ch, "--rates", "0.5",
+                    "--budget", "global", "--budget", "local", *length],
+        "baseline": ["--estimator", "reinforce", *inits("wanda-sp"), *ch, "--rates", "0.5",
+                     "--budget", "per-type", *length, "--estimator.baseline", "none"],
+        "estimators": ["--estimator", "reinforce", "--estimator", "gumbel", "--estimator", "ppo",
+                       *inits("wanda-sp"), *ch, "--rates", "0.5", "--budget", "per-type",
+                       "--seeds", seeds, *length, "--equal-forwards"],
+    }
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default=str(SHARED / "models" / "proxy-llama-7m"))
+    parser.add_argument("--calib-file",
+                        default=str(SHARED / "data" / "c4-en-validation-2k" / "c4_validation_2k.jsonl.gz"))
+    parser.add_argument("--calib-slice", default="1800:2000")
+    parser.add_argument("--eval-file", default=str(SHARED / "data" / "wikitext-2-raw" / "wiki.test.raw"))
+    parser.add_argument("--grids", default=",".join(grids(0)),
+                        help="comma-separated grids to run (default: all)")
+    parser.add_argument("--steps", type=int, default=1000, help="optimisation steps per cell")
+    parser.add_argument("--rates", default=RATES, help="prune rates of the rate grids")
+    parser.add_argument("--seeds", default="0", help="seeds of the estimators grid")
+    parser.add_argument("--work", default="runs/bench-quality",
+                        help="directory of the grids (re-running continues them)")
+    parser.add_argument("--extra", default="",
+                        help="more pgprune compare options for every grid, one shell string")
+    return parser.parse_args()
+
+
+def common(args: argparse.Namespace) -> list[str]:
+    return ["--model", args.model, "--calib-file", args.calib_file,
+            "--data.calib_slice", args.calib_slice, "--data.eval", "[]",
+            "--eval-file", args.eval_file, "--evaluator", "perplexity",
+            "--output.save_model", "false", *shlex.split(args.extra)]
+
+
+def run_grid(name: str, grid_args: list[str], args: argparse.Namespace) -> dict[str, Any]:
+    out = Path(args.work) / name
+    command = ["pgprune", "compare", *common(args), *grid_args, "--out", str(out)]
+    print("$ " + shlex.join(command), file=sys.stderr, flush=True)
+    started = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "pgprune_core", *command[1:]], check=True)
+    with (out / "compare.csv").open(encoding="utf-8", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    return {"grid": name, "command": shlex.join(command), "rows": rows,
+            "seconds": round(time.perf_counter() - started, 1)}
+
+
+def main() -> None:
+    args = parse_args()
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    for path in (args.model, args.calib_file, args.eval_file):
+        if not Path(path).exists():
+            print(json.dumps({"skipped": f"missing benchmark asset: {path}"}))
+            return
+    available = grids(args.steps, args.rates, args.seeds)
+    chosen = [g.strip() for g in args.grids.split(",") if g.strip()]
+    unknown = [g for g in chosen if g not in available]
+    if unknown:
+        sys.exit(f"unknown grid(s) {', '.join(unknown)}; choose from {', '.join(available)}")
+    results = [run_grid(name, available[name], args) for name in chosen]
+    print(json.dumps({"steps": args.steps, "grids": results}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
