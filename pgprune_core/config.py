@@ -21,7 +21,7 @@ from typing import Annotated, Any, Literal, Union
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator
 
-from .config_base import PluginConfig
+from .config_base import InitializerConfig, PluginConfig
 from .errors import ConfigError, UnknownPluginError
 from .registry import Registry, get_registry
 
@@ -165,7 +165,7 @@ class RunConfig(Section):
     model: ModelSection = Field(default_factory=ModelSection)
     data: DataSection = Field(default_factory=DataSection)
     pruning: PruningSection = Field(default_factory=PruningSection)
-    init: PluginConfig
+    init: InitializerConfig
     estimator: PluginConfig
     projector: PluginConfig
     training: TrainingSection = Field(default_factory=TrainingSection)

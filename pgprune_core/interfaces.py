@@ -35,7 +35,8 @@ class Plugin:
     Config: ClassVar[type[PluginConfig]] = PluginConfig
 
     def __init__(self, config: PluginConfig | None = None) -> None:
-        self.config = config if config is not None else self.Config()
+        # the defaults (a plugin's Config defaults its ``name``; the base's is required)
+        self.config = config if config is not None else self.Config.model_validate({})
 
     @classmethod
     def describe(cls) -> str:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, Literal, overload
 
 from .errors import DuplicatePluginError, PluginError, UnknownPluginError
 from .interfaces import (
@@ -25,8 +25,6 @@ from .interfaces import (
     Projector,
 )
 from .plugins import LoadFailure, PluginOrigin, PluginSet, _describe_exception
-
-P = TypeVar("P", bound=Plugin)
 
 #: kind -> (registration hook, base class)
 KINDS: dict[str, tuple[str, type[Plugin]]] = {
@@ -132,8 +130,41 @@ class Registry:
             raise UnknownPluginError(kind, name, list(table))
         return table[name]
 
+    @overload
+    def cls(self, kind: Literal["estimator"], name: str) -> type[Estimator]: ...
+    @overload
+    def cls(self, kind: Literal["adapter"], name: str) -> type[ModelAdapter]: ...
+    @overload
+    def cls(self, kind: Literal["granularity"], name: str) -> type[Granularity]: ...
+    @overload
+    def cls(self, kind: Literal["initializer"], name: str) -> type[Initializer]: ...
+    @overload
+    def cls(self, kind: Literal["projector"], name: str) -> type[Projector]: ...
+    @overload
+    def cls(self, kind: Literal["evaluator"], name: str) -> type[Evaluator]: ...
+    @overload
+    def cls(self, kind: str, name: str) -> type[Plugin]: ...
     def cls(self, kind: str, name: str) -> type[Plugin]:
+        """The class registered as ``name`` (typed by ``kind`` when it is a literal)."""
         return self.get(kind, name).cls
+
+    @overload
+    def classes(self, kind: Literal["estimator"]) -> dict[str, type[Estimator]]: ...
+    @overload
+    def classes(self, kind: Literal["adapter"]) -> dict[str, type[ModelAdapter]]: ...
+    @overload
+    def classes(self, kind: Literal["granularity"]) -> dict[str, type[Granularity]]: ...
+    @overload
+    def classes(self, kind: Literal["initializer"]) -> dict[str, type[Initializer]]: ...
+    @overload
+    def classes(self, kind: Literal["projector"]) -> dict[str, type[Projector]]: ...
+    @overload
+    def classes(self, kind: Literal["evaluator"]) -> dict[str, type[Evaluator]]: ...
+    @overload
+    def classes(self, kind: str) -> dict[str, type[Plugin]]: ...
+    def classes(self, kind: str) -> dict[str, type[Any]]:
+        """The registered classes of ``kind`` by name, in registration order."""
+        return {name: spec.cls for name, spec in self.specs(kind).items()}
 
     def all_specs(self) -> list[Spec]:
         return [spec for kind in KINDS for _, spec in sorted(self.tables[kind].items())]
@@ -208,18 +239,31 @@ def temporary_plugin(plugin: object, name: str, distribution: str = "test") -> I
         registry.rebuild()
 
 
-def _typed(kind: str, base: type[P]) -> Callable[[], dict[str, type[P]]]:
-    def lookup() -> dict[str, type[P]]:
-        return {name: spec.cls for name, spec in get_registry().specs(kind).items()}  # type: ignore[misc]
-
-    lookup.__name__ = f"{kind}s"
-    lookup.__doc__ = f"Registered {kind} classes by name."
-    return lookup
+def estimators() -> dict[str, type[Estimator]]:
+    """Registered estimator classes by name."""
+    return get_registry().classes("estimator")
 
 
-estimators = _typed("estimator", Estimator)
-adapters = _typed("adapter", ModelAdapter)
-granularities = _typed("granularity", Granularity)
-initializers = _typed("initializer", Initializer)
-projectors = _typed("projector", Projector)
-evaluators = _typed("evaluator", Evaluator)
+def adapters() -> dict[str, type[ModelAdapter]]:
+    """Registered adapter classes by name."""
+    return get_registry().classes("adapter")
+
+
+def granularities() -> dict[str, type[Granularity]]:
+    """Registered granularity classes by name."""
+    return get_registry().classes("granularity")
+
+
+def initializers() -> dict[str, type[Initializer]]:
+    """Registered initializer classes by name."""
+    return get_registry().classes("initializer")
+
+
+def projectors() -> dict[str, type[Projector]]:
+    """Registered projector classes by name."""
+    return get_registry().classes("projector")
+
+
+def evaluators() -> dict[str, type[Evaluator]]:
+    """Registered evaluator classes by name."""
+    return get_registry().classes("evaluator")

@@ -34,7 +34,7 @@ def tiny_config(
     """
     from transformers import LlamaConfig, MistralConfig
 
-    common = dict(
+    common: dict[str, Any] = dict(
         vocab_size=vocab_size,
         hidden_size=hidden_size,
         intermediate_size=intermediate_size,

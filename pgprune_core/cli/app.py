@@ -5,7 +5,6 @@ from __future__ import annotations
 import sys
 from typing import Any
 
-import click
 import typer
 from typer.core import TyperGroup
 
@@ -17,7 +16,9 @@ from .console import err_console
 class PgpruneGroup(TyperGroup):
     """Turns user errors from any sub-command into one line and exit status 2."""
 
-    def invoke(self, ctx: click.Context) -> Any:
+    # typer.Context is typer's public name for the context (a subclass of the click copy
+    # typer vendors as the private typer._click, which TyperGroup.invoke declares)
+    def invoke(self, ctx: typer.Context) -> Any:  # type: ignore[override]
         try:
             return super().invoke(ctx)
         except PgpruneError as exc:

@@ -46,7 +46,7 @@ class ChannelGranularity(Granularity):
 
     def install(self, structure: ModelStructure, units: UnitSet,
                 row_masks: torch.Tensor) -> list[Handle]:
-        def target(layer: int) -> tuple[nn.Module, int, int]:
+        def target(layer: int) -> tuple[nn.Linear, int, int]:
             site = structure.layers[layer].mlp
             return site.down_proj, site.intermediate_size, 1
 

@@ -52,7 +52,7 @@ class HeadGranularity(Granularity):
 
     def install(self, structure: ModelStructure, units: UnitSet,
                 row_masks: torch.Tensor) -> list[Handle]:
-        def target(layer: int) -> tuple[nn.Module, int, int]:
+        def target(layer: int) -> tuple[nn.Linear, int, int]:
             site = structure.layers[layer].attention
             return site.o_proj, site.n_kv_heads, site.group_size * site.head_dim
 

@@ -117,7 +117,7 @@ def per_layer_units(kind: str, layers: Iterable[tuple[int, int, int]]) -> UnitSe
 def install_input_masks(
     units: UnitSet,
     row_masks: torch.Tensor,
-    target: Callable[[int], tuple[nn.Module, int, int]],
+    target: Callable[[int], tuple[nn.Linear, int, int]],
 ) -> list[Handle]:
     """Scale the input of one module per layer by its rows' masks.
 
