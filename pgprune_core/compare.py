@@ -148,14 +148,24 @@ def split_estimator_overrides(
     overrides: Mapping[str, Any], estimators: Sequence[str], registry: Registry
 ) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
     """Separate ``--estimator.<name>.<key> V`` (for that estimator's cells only, as
-    ``estimator.<key>``) from the overrides every cell gets.  Naming an estimator that is
-    not in the grid is a mistake, not something to ignore silently."""
+    ``estimator.<key>``) from the overrides every cell gets.  A plain ``--estimator.<key>``
+    goes to every compared estimator that has the option (``none`` has no ``lr``), and is
+    refused when none has it.  Naming an estimator that is not in the grid is a mistake,
+    not something to ignore silently."""
     known = set(registry.names("estimator"))
     common: dict[str, Any] = {}
     specific: dict[str, dict[str, Any]] = {name: {} for name in estimators}
     for key, value in overrides.items():
         parts = key.split(".")
-        if parts[0] == "estimator" and len(parts) >= 3 and parts[1] in known:
+        if parts[0] == "estimator" and len(parts) >= 2 and parts[1] not in known | {"name"}:
+            takers = [name for name in estimators
+                      if parts[1] in registry.cls("estimator", name).Config.model_fields]
+            if not takers:
+                raise ConfigError(f"--{key}: no compared estimator has an option "
+                                  f"'{parts[1]}' ({', '.join(estimators)})")
+            for name in takers:
+                specific[name][key] = value
+        elif parts[0] == "estimator" and len(parts) >= 3 and parts[1] in known:
             if parts[1] not in specific:
                 raise ConfigError(
                     f"--{key} sets an option of '{parts[1]}', which is not compared here "
@@ -225,7 +235,7 @@ def build_cells(request: CompareRequest, registry: Registry | None = None) -> tu
     for estimator, init, budget, rate, seed in itertools.product(
             axes.estimators, axes.inits, axes.budgets, axes.rates, axes.seeds):
         config = resolve(estimator, init, budget, rate, seed, {})
-        if budget_forwards is not None:
+        if budget_forwards is not None and registry.cls("estimator", estimator).optimises:
             steps = max(1, round(budget_forwards / forwards_per_step(config)))
             config = resolve(estimator, init, budget, rate, seed, {"training.steps": steps})
         path = runs / cell_name(estimator, init, budget, rate, seed)

@@ -176,8 +176,15 @@ def test_estimator_overrides_are_routed():
     common, specific = split_estimator_overrides(
         {"estimator.lr": 0.1, "estimator.gumbel.tau_end": 0.2, "training.batch_size": 3},
         ["reinforce", "gumbel"], get_registry())
-    assert common == {"estimator.lr": 0.1, "training.batch_size": 3}
-    assert specific == {"reinforce": {}, "gumbel": {"estimator.tau_end": 0.2}}
+    assert common == {"training.batch_size": 3}
+    assert specific == {"reinforce": {"estimator.lr": 0.1},
+                        "gumbel": {"estimator.lr": 0.1, "estimator.tau_end": 0.2}}
+    # a plain option reaches the estimators that have it; the metric-only 'none' has no lr
+    _, specific = split_estimator_overrides({"estimator.lr": 0.1}, ["reinforce", "none"],
+                                            get_registry())
+    assert specific == {"reinforce": {"estimator.lr": 0.1}, "none": {}}
+    with pytest.raises(ConfigError, match="no compared estimator has an option 'lrr'"):
+        split_estimator_overrides({"estimator.lrr": 0.1}, ["reinforce", "none"], get_registry())
 
 
 def test_mask_distances_and_the_initializer_mask(assets, tmp_path):

@@ -50,6 +50,8 @@ def make_config(assets, out: Path, **overrides):
         "evaluation.seq_len": 32,
         "output.dir": str(out),
     }
+    if overrides.get("estimator.name", "reinforce") != "reinforce":  # reinforce's options
+        flat = {k: v for k, v in flat.items() if not k.startswith("estimator.")}
     flat.update(overrides)
     return resolve_config(None, None, flat)
 
