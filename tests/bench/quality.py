@@ -8,12 +8,14 @@ re-running the script continues unfinished grids (finished cells are not run aga
 Setting of ``shared/REFERENCE.md``: proxy-llama-7m, calibration C4 validation docs
 1800-1999, evaluation WikiText-2 raw test in 128-token windows, batch 8 x 128, seed 0.
 
-Grids (``--grids``, default all; ``--rates`` sets the rates of the first four):
+Grids (``--grids``, default all; ``--rates`` sets the rates of the first five):
 
 - ``issue4``: reinforce from wanda-sp and wanda-sp alone (``--estimator none``), 30/40/50 %,
   channels+heads, budgets ``per-type`` and ``params``.
 - ``random-masks``: random masks (``--estimator none --init random``), the same cells.
 - ``starts``: reinforce from random, magnitude and taylor, and each alone, per-type.
+- ``progressive``: reinforce with ``--schedule random-progressive`` (random start at 5 %,
+  +5 % per stage, the steps split evenly over the stages), per-type.
 - ``layers``: reinforce from random, layerwise-ppl and taylor, and each alone, layers only.
 - ``budgets``: reinforce from wanda-sp at 50 % with the ``global`` and ``local`` budgets
   (``per-type`` and ``params`` are in ``issue4``).
@@ -61,6 +63,8 @@ def grids(steps: int, rates: str = RATES, seeds: str = "0") -> dict[str, list[st
                          "--budget", "per-type", "--budget", "params", *length],
         "starts": [*both, *inits("random", "magnitude", "taylor"), *ch, "--rates", rates,
                    "--budget", "per-type", *length],
+        "progressive": ["--estimator", "reinforce", *inits("random"), *ch, "--rates", rates,
+                        "--budget", "per-type", "--schedule", "random-progressive", *length],
         "layers": [*both, *inits("random", "layerwise-ppl", "taylor"), "--granularity", "layer",
                    "--rates", rates, "--budget", "per-type", *length],
         "budgets": ["--estimator", "reinforce", *inits("wanda-sp"), *ch, "--rates", "0.5",
