@@ -63,6 +63,7 @@ Prints one JSON document; ``docs/benchmarks.md`` records the numbers.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import ctypes
 import gc
 import itertools
@@ -131,7 +132,8 @@ def load_model(name: str, device: torch.device, dtype: torch.dtype) -> tuple[str
         if SHARED_PROXY.is_dir():
             from transformers import LlamaForCausalLM
 
-            model = LlamaForCausalLM.from_pretrained(SHARED_PROXY, dtype=dtype).to(device).eval()
+            model = LlamaForCausalLM.from_pretrained(SHARED_PROXY, dtype=dtype)
+            model = model.to(device).eval()  # type: ignore[arg-type]
             return "proxy-llama-7m", model
         return "llama-6L-256h (proxy shape, random weights)", random_llama(PROXY_SHAPE, VOCAB, device, dtype)
     return f"{name} (random weights)", random_llama(SIZES[name], VOCAB, device, dtype)
@@ -325,10 +327,8 @@ def bench_speed(name: str, variants: tuple[str, ...], device: torch.device, dtyp
 
 
 def _malloc_trim() -> None:
-    try:
+    with contextlib.suppress(OSError, AttributeError):  # not glibc
         ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):  # not glibc
-        pass
 
 
 def memory_child(name: str, variant: str, device: torch.device, dtype: torch.dtype) -> dict[str, Any]:
