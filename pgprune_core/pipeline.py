@@ -276,6 +276,11 @@ def run_pipeline(config: RunConfig, reporter: Reporter | None = None, *,
             return RunResult(run.path, json.loads(run.metrics.read_text()))
     digest = config_digest(config)
     torch.manual_seed(config.training.seed)
+    if config.training.schedule == "random-progressive" and config.init.name != "random":
+        reporter.message(
+            f"note: Random-Progressive starts from the initializer's scores ('{config.init.name}');"
+            " the paper's Random-Progressive starts from random ones (--init random)"
+        )
 
     prep = prepare(config, registry, reporter)
     model, tokenizer = prep.loaded.model, prep.loaded.tokenizer

@@ -188,12 +188,25 @@ def test_resume_errors_are_one_line(assets, tmp_path):
     assert corrupt.exit_code == 2 and "policy.pt" in corrupt.output and "corrupt" in corrupt.output
 
 
-def test_progressive_schedule_runs_stages(assets, tmp_path):
+@pytest.mark.parametrize("init", ["random", "magnitude"])
+def test_progressive_schedule_runs_stages(assets, tmp_path, init):
+    from pgprune_core.reporting import SilentReporter
+
+    class Recorder(SilentReporter):
+        messages: list[str] = []
+
+        def message(self, text: str) -> None:
+            self.messages.append(text)
+
     config = make_config(assets, tmp_path / "prog", **{
         "training.schedule": "random-progressive", "pruning.prune_rate": 0.2,
         "training.progressive_start": 0.05, "training.progressive_step": 0.05,
-        "training.steps": 8})
-    run_pipeline(config)
+        "training.steps": 8, "init.name": init})
+    reporter = Recorder()
+    run_pipeline(config, reporter)
+    # the paper's Random-Progressive starts from random scores: any other start is pointed out
+    noted = any("paper's Random-Progressive starts from random" in m for m in reporter.messages)
+    assert noted == (init != "random")
     log = [json.loads(line) for line in (tmp_path / "prog" / "metrics.jsonl").read_text().splitlines()]
     assert sorted({r["rate"] for r in log}) == [0.05, 0.1, 0.15, 0.2]
     assert torch.tensor([r["stage"] for r in log]).diff().ge(0).all()
