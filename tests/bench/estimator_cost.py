@@ -80,6 +80,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from _proxy import PROXY_MODEL
 
 from pgprune_core import StepContext
 from pgprune_core.budget import Budget
@@ -89,7 +90,6 @@ from pgprune_core.policy import BernoulliPolicy
 from pgprune_core.registry import adapters, estimators, granularities, projectors
 from pgprune_core.structure import UnitLayout
 
-SHARED_PROXY = Path(__file__).resolve().parents[3] / "shared" / "models" / "proxy-llama-7m"
 BATCH, LENGTH, N_SAMPLES, RATE, START_PROB = 8, 128, 2, 0.5, 0.5
 #: the paper's run length (one epoch of 120k segments in batches of 8)
 TOTAL_STEPS = 15_000
@@ -129,10 +129,10 @@ def random_llama(shape: tuple[int, int, int, int], vocab: int, device: torch.dev
 def load_model(name: str, device: torch.device, dtype: torch.dtype) -> tuple[str, Any]:
     """``main`` (the proxy, or its random stand-in) or one of :data:`SIZES`."""
     if name == "main":
-        if SHARED_PROXY.is_dir():
+        if PROXY_MODEL.is_dir():
             from transformers import LlamaForCausalLM
 
-            model = LlamaForCausalLM.from_pretrained(SHARED_PROXY, dtype=dtype)
+            model = LlamaForCausalLM.from_pretrained(PROXY_MODEL, dtype=dtype)
             model = model.to(device).eval()  # type: ignore[arg-type]
             return "proxy-llama-7m", model
         return "llama-6L-256h (proxy shape, random weights)", random_llama(PROXY_SHAPE, VOCAB, device, dtype)
@@ -439,8 +439,8 @@ def main(argv: list[str] | None = None) -> int:
                     "ratio_reinforce_vs_gumbel": "<= 0.4",
                     "ratio_reinforce_vs_inference_peak": "<= 1.10"},
     }
-    if not SHARED_PROXY.is_dir():
-        results["proxy_skipped"] = f"shared proxy model not found at {SHARED_PROXY}; main model is random"
+    if not PROXY_MODEL.is_dir():
+        results["proxy_skipped"] = f"shared proxy model not found at {PROXY_MODEL}; main model is random"
     results["main"] = bench_speed("main", MAIN_VARIANTS, device, dtype, args.repeats)
     sizes = [s for s in args.sizes.split(",") if s]
     results["sizes"] = [bench_speed(s, SIZE_VARIANTS, device, dtype, args.repeats) for s in sizes]

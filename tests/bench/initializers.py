@@ -26,18 +26,15 @@ import time
 from pathlib import Path
 from typing import Any
 
-SHARED = Path(__file__).resolve().parents[3] / "shared"
+from _proxy import add_proxy_setting
+
 CHANNELS_HEADS = ["wanda-sp", "random", "magnitude", "taylor"]
 LAYERS = ["layerwise-ppl", "random", "magnitude", "taylor"]
 
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default=str(SHARED / "models" / "proxy-llama-7m"))
-    parser.add_argument("--calib-file",
-                        default=str(SHARED / "data" / "c4-en-validation-2k" / "c4_validation_2k.jsonl.gz"))
-    parser.add_argument("--calib-slice", default="1800:2000")
-    parser.add_argument("--eval-file", default=str(SHARED / "data" / "wikitext-2-raw" / "wiki.test.raw"))
+    add_proxy_setting(parser)
     parser.add_argument("--rates", default="0.3,0.4,0.5")
     parser.add_argument("--inits", default=None,
                         help="comma-separated subset of the initializers (default: all)")

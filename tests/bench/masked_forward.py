@@ -35,17 +35,16 @@ import statistics
 import sys
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import torch
+from _proxy import PROXY_MODEL
 
 from pgprune_core.masking import LossOracle
 from pgprune_core.memory import PeakMemory
 from pgprune_core.registry import adapters, granularities
 from pgprune_core.structure import UnitLayout
 
-SHARED_PROXY = Path(__file__).resolve().parents[3] / "shared" / "models" / "proxy-llama-7m"
 BATCH, LENGTH, KEEP = 8, 128, 0.7
 
 
@@ -160,14 +159,14 @@ def main(argv: list[str] | None = None) -> int:
         "repeats": args.repeats,
         "models": [],
     }
-    if SHARED_PROXY.is_dir():
+    if PROXY_MODEL.is_dir():
         from transformers import LlamaForCausalLM
 
-        proxy = LlamaForCausalLM.from_pretrained(SHARED_PROXY, dtype=torch.float32).to(device).eval()
+        proxy = LlamaForCausalLM.from_pretrained(PROXY_MODEL, dtype=torch.float32).to(device).eval()
         results["models"].append(bench_model("proxy-llama-7m", proxy, device, args.repeats))
         del proxy
     else:
-        results["skipped"] = f"shared proxy model not found at {SHARED_PROXY}"
+        results["skipped"] = f"shared proxy model not found at {PROXY_MODEL}"
     results["models"].append(bench_model("llama-12L-512h (random weights)", larger_model(device),
                                          device, args.repeats))
     json.dump(results, sys.stdout, indent=2)
