@@ -147,6 +147,9 @@ class TrainingSection(Section):
     progressive_stage_epochs: float = Field(default=1 / 3, gt=0)
     #: at most this many sequences in one batched masked forward (None = N_s x batch)
     max_rows: int | None = Field(default=None, gt=0)
+    #: torch intra-op CPU threads during the run (None = torch's default: every core);
+    #: on a machine shared with other jobs, 1 is often faster for small models
+    threads: int | None = Field(default=None, gt=0)
 
 
 class OutputSection(Section):

@@ -258,9 +258,17 @@ def to_probabilities(config: RunConfig, prep: Prepared, scores: torch.Tensor, ra
 def run_pipeline(config: RunConfig, reporter: Reporter | None = None, *,
                  resume: Path | None = None, registry: Registry | None = None) -> RunResult:
     """Run (or, with ``resume``, continue) one pruning run; returns its metrics."""
-    reporter = reporter or SilentReporter()
-    registry = registry or get_registry()
     config = apply_demo_defaults(config)
+    threads = torch.get_num_threads()
+    if config.training.threads is not None:
+        torch.set_num_threads(config.training.threads)
+    try:
+        return _run(config, reporter or SilentReporter(), resume, registry or get_registry())
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _run(config: RunConfig, reporter: Reporter, resume: Path | None, registry: Registry) -> RunResult:
     wall_start = time.perf_counter()
     run = RunDir(resume if resume is not None else Path(config.output.dir or default_run_dir(config)))
     if resume is None:

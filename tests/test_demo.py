@@ -292,6 +292,17 @@ def test_demo_defaults_fill_data_steps_and_context(tmp_path, monkeypatch):
     assert apply_demo_defaults(config, cache_dir=tmp_path).init.seq_len == TINY.seq_len
 
 
+def test_demo_runs_single_threaded_unless_told_otherwise(tmp_path, monkeypatch):
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    assert apply_demo_defaults(resolve_config(), cache_dir=tmp_path).training.threads == 1
+    chosen = resolve_config(None, None, {"training.threads": 2})
+    assert apply_demo_defaults(chosen, cache_dir=tmp_path).training.threads == 2
+    named = resolve_config(None, None, {"model.name_or_path": "some/model"})
+    assert apply_demo_defaults(named, cache_dir=tmp_path).training.threads is None
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")  # the environment's choice is respected
+    assert apply_demo_defaults(resolve_config(), cache_dir=tmp_path).training.threads is None
+
+
 @pytest.mark.parametrize(
     ("overrides", "expected"),
     [

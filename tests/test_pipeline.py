@@ -92,6 +92,23 @@ def test_run_end_to_end(assets, tmp_path, granularity):
     assert sum(p.numel() for p in model.parameters()) == metrics["pruned"]["params"]
 
 
+def test_threads_apply_during_the_run_and_are_restored(assets, tmp_path, monkeypatch):
+    seen = []
+    import pgprune_core.pipeline as pipeline
+
+    original = pipeline.prepare
+
+    def spy(*args, **kwargs):
+        seen.append(torch.get_num_threads())
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(pipeline, "prepare", spy)
+    before = torch.get_num_threads()
+    config = make_config(assets, tmp_path / "t", **{"training.threads": 2, "training.steps": 1})
+    run_pipeline(config)
+    assert seen == [2] and torch.get_num_threads() == before
+
+
 def test_metric_only_baseline_uses_the_initializer_mask(assets, tmp_path):
     config = make_config(assets, tmp_path / "none", **{"estimator.name": "none",
                                                         "init.name": "magnitude"})

@@ -15,6 +15,7 @@ idempotent and lets ``config.yaml`` of the run directory record the demo paths, 
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from pydantic import BaseModel
@@ -43,6 +44,9 @@ def apply_demo_defaults(config: RunConfig, cache_dir: str | Path | None = None) 
     - ``data.eval_files`` = ``[the demo evaluation file]``, unless set;
     - ``training.steps`` = :data:`DEMO_STEPS`, unless ``training.steps`` or
       ``training.epochs`` was set;
+    - ``training.threads`` = 1, unless set or ``OMP_NUM_THREADS`` is in the environment
+      (the demo model is small: a second thread gains little on an idle machine and makes
+      every step wait on a shared one, measured 8x slower);
     - every sequence length left unset (``data.seq_len``, ``evaluation.seq_len``, the
       initializer's ``seq_len``, e.g. Wanda-sp's 1024) is capped at the demo model's
       context: it never saw a position beyond it, so scoring or measuring there would
@@ -67,4 +71,6 @@ def apply_demo_defaults(config: RunConfig, cache_dir: str | Path | None = None) 
         data.eval_files = [str(evaluation)]
     if not _user_set(training, "steps", "epochs"):
         training.steps = DEMO_STEPS
+    if not _user_set(training, "threads") and "OMP_NUM_THREADS" not in os.environ:
+        training.threads = 1  # a small model: threads gain little, and lose a lot when shared
     return demo
