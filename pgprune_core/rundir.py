@@ -21,10 +21,20 @@ from .errors import RunDirError
 FORMAT = "pgprune-run/1"
 
 
+#: settings of how a run executes, not of what it learns: they may differ on resume (say, on
+#: another machine), and the digests of runs made before they existed stay valid
+EXECUTION_KEYS = ("output", "training.threads")
+
+
 def config_digest(config: RunConfig) -> str:
-    """What determines the learned masks: everything but the output section."""
+    """What determines the learned masks: everything but :data:`EXECUTION_KEYS`."""
     data = json.loads(config.model_dump_json())
-    data.pop("output", None)
+    for key in EXECUTION_KEYS:
+        *parents, last = key.split(".")
+        section = data
+        for part in parents:
+            section = section.get(part, {})
+        section.pop(last, None)
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
 

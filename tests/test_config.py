@@ -135,3 +135,22 @@ def test_protect_layers_and_granularity_strings():
 def test_evaluators_accept_names():
     config = resolve_config(overrides={"evaluation.evaluators": "perplexity"})
     assert [e.name for e in config.evaluation.evaluators] == ["perplexity"]
+
+
+def test_config_digest_covers_what_is_learnt_not_how_it_runs():
+    """``run.json``'s digest detects an edited config.yaml on resume; the output section and
+    the thread count may change (another machine), and runs made before ``training.threads``
+    existed keep their digest."""
+    import hashlib
+
+    from pgprune_core.rundir import config_digest
+
+    base = resolve_config()
+    assert config_digest(base) == config_digest(resolve_config(None, None, {
+        "training.threads": 3, "output.dir": "elsewhere", "output.save_model": False}))
+    assert config_digest(base) != config_digest(resolve_config(None, None, {"estimator.lr": 0.1}))
+    legacy = json.loads(base.model_dump_json())
+    legacy.pop("output")
+    del legacy["training"]["threads"]  # a config written before the key existed
+    digest = hashlib.sha256(json.dumps(legacy, sort_keys=True).encode()).hexdigest()[:16]
+    assert config_digest(base) == digest
