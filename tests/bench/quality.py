@@ -105,7 +105,9 @@ def run_grid(name: str, grid_args: list[str], args: argparse.Namespace) -> dict[
     command = ["pgprune", "compare", *common(args), *grid_args, "--out", str(out)]
     print("$ " + shlex.join(command), file=sys.stderr, flush=True)
     started = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "pgprune_core", *command[1:]], check=True)
+    # compare's tables and progress go to stderr: stdout is this script's JSON alone
+    subprocess.run([sys.executable, "-m", "pgprune_core", *command[1:]], check=True,
+                   stdout=sys.stderr)
     with (out / "compare.csv").open(encoding="utf-8", newline="") as handle:
         rows = list(csv.DictReader(handle))
     return {"grid": name, "command": shlex.join(command), "rows": rows,
