@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from pgprune_core.registry import get_registry, reset_registry
+from pgprune_core.plugin.registry import get_registry, reset_registry
 
 SHARED = Path(__file__).resolve().parent.parent / "shared"
 

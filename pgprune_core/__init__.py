@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from .config_base import InitializerConfig, PluginConfig
-from .errors import PgpruneError
-from .interfaces import (
+from pgprune_core.config.base import InitializerConfig, PluginConfig
+from pgprune_core.errors import PgpruneError
+from pgprune_core.interfaces import (
     Constraint,
     Estimator,
     EvalContext,
@@ -26,7 +26,7 @@ from .interfaces import (
     StepContext,
     StepStats,
 )
-from .plugins import hookimpl
+from pgprune_core.plugin.hookspecs import hookimpl
 
 __version__ = "0.1.0"
 
@@ -60,8 +60,9 @@ def run(config: Any = None, **overrides: Any) -> Any:
 
     Keyword arguments are dotted keys with ``__`` for dots: ``estimator__lr=3e-2``.
     """
-    from .config import RunConfig, resolve_config
-    from .pipeline import run_pipeline
+    from pgprune_core.config.resolve import resolve_config
+    from pgprune_core.config.sections import RunConfig
+    from pgprune_core.run.pipeline import run_pipeline
 
     if not isinstance(config, RunConfig):
         flat = {key.replace("__", "."): value for key, value in overrides.items()}
@@ -71,10 +72,10 @@ def run(config: Any = None, **overrides: Any) -> Any:
 
 def load_pruned(path: Any, **kwargs: Any) -> Any:
     """Load a model saved by pgprune (per-layer shapes rebuilt), ready for inference."""
-    from .surgery import load_pruned as _load
+    from pgprune_core.model.surgery import load_pruned as _load
 
     return _load(path, **kwargs)
 
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .config import RunConfig  # noqa: F401
+    from pgprune_core.config.sections import RunConfig  # noqa: F401

@@ -1,6 +1,6 @@
 """``python -m pgprune_core`` = ``pgprune``."""
 
-from .cli import main
+from pgprune_core.cli import main
 
 if __name__ == "__main__":
     main()

@@ -1,5 +1,5 @@
 """The six plugin interfaces.  Each plugin class carries a ``name`` and a pydantic
-``Config`` (see :class:`~pgprune_core.config_base.PluginConfig`) and is constructed with
+``Config`` (see :class:`~pgprune_core.config.base.PluginConfig`) and is constructed with
 an instance of that ``Config``.
 
 Data flow of one run (DESIGN.md §4)::
@@ -21,11 +21,11 @@ from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 import torch
 from torch import nn
 
-from .config_base import PluginConfig
+from pgprune_core.config.base import PluginConfig
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
-    from .policy import BernoulliPolicy
-    from .structure import ModelStructure, UnitLayout, UnitSet
+    from pgprune_core.model.structure import ModelStructure, UnitLayout, UnitSet
+    from pgprune_core.optim.policy import BernoulliPolicy
 
 
 class Plugin:
@@ -255,7 +255,7 @@ class EvalContext:
     reference: Mapping[str, Any] | None = None
     #: directory the model is saved in, if any (for size on disk)
     model_path: Path | None = None
-    #: progress of long loops (a ``pgprune_core.reporting.Reporter``); None = silent
+    #: progress of long loops (a ``pgprune_core.report.progress.Reporter``); None = silent
     reporter: Any = None
 
 

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from pgprune_core.interfaces import Granularity
-from pgprune_core.structure import ModelStructure, UnitLayout
+from pgprune_core.model.structure import ModelStructure, UnitLayout
 from pgprune_core.testing import tiny_model
 
 #: (tiny architecture, tied embeddings): LLaMA-2-like MHA untied, LLaMA-3-like GQA with

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from pgprune_core.artifacts import (
+from pgprune_core.run.artifacts import (
     atomic_dir,
     atomic_path,
     atomic_write_bytes,

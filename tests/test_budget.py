@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from pgprune_core.budget import Budget, protected_mask
 from pgprune_core.errors import ConfigError
-from pgprune_core.projection import project
-from pgprune_core.structure import UnitLayout, UnitSet
+from pgprune_core.model.structure import UnitLayout, UnitSet
+from pgprune_core.optim.budget import Budget, protected_mask
+from pgprune_core.optim.projection import project
 
 N_LAYERS = 4
 

@@ -13,16 +13,16 @@ import torch
 from typer.testing import CliRunner
 
 from pgprune_core.cli import build_app
-from pgprune_core.compare import (
+from pgprune_core.compare.grid import (
     CompareRequest,
     build_cells,
     parse_list,
-    run_compare,
     split_estimator_overrides,
 )
-from pgprune_core.compare_report import hamming, initializer_mask
+from pgprune_core.compare.report import hamming, initializer_mask
+from pgprune_core.compare.runner import run_compare
 from pgprune_core.errors import ConfigError, UnknownPluginError
-from pgprune_core.registry import get_registry
+from pgprune_core.plugin.registry import get_registry
 from pgprune_core.testing import sample_text, save_tiny_model
 
 

@@ -7,7 +7,7 @@ import json
 import pytest
 import yaml
 
-from pgprune_core.config import (
+from pgprune_core.config.resolve import (
     dump_config,
     load_config_file,
     parse_overrides,
@@ -143,7 +143,7 @@ def test_config_digest_covers_what_is_learnt_not_how_it_runs():
     existed keep their digest."""
     import hashlib
 
-    from pgprune_core.rundir import config_digest
+    from pgprune_core.run.rundir import config_digest
 
     base = resolve_config()
     assert config_digest(base) == config_digest(resolve_config(None, None, {

@@ -30,8 +30,9 @@ import yaml
 from pydantic import BaseModel
 
 from pgprune_core.cli.options import FLAG_KEYS
-from pgprune_core.config import PLUGIN_SECTIONS, resolve_config, run_config_model
-from pgprune_core.config_base import PluginConfig
+from pgprune_core.config.base import PluginConfig
+from pgprune_core.config.resolve import resolve_config
+from pgprune_core.config.sections import PLUGIN_SECTIONS, run_config_model
 
 ROOT = Path(__file__).resolve().parent.parent
 DOC = ROOT / "docs" / "configuration.md"
@@ -160,7 +161,7 @@ def _static_keys() -> list[tuple[str, Any, Any]]:
 
 def _plugin_configs() -> list[tuple[str, str, type[PluginConfig]]]:
     """(kind, name, Config) of every registered plugin from this repository."""
-    from pgprune_core.registry import get_registry
+    from pgprune_core.plugin.registry import get_registry
 
     registry = get_registry()
     ours = _repo_distributions()

@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from pgprune_core.config import DataSection
+from pgprune_core.config.sections import DataSection
 from pgprune_core.data import calibration_source, eval_sources
 from pgprune_core.data.sources import file_stem, parse_slice
 from pgprune_core.errors import DataError

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import pgprune_core.data.tokens as tokens_mod
-from pgprune_core.config import DataSection
+from pgprune_core.config.sections import DataSection
 from pgprune_core.data import (
     EVAL_SEPARATOR,
     cache_root,

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from pgprune_core.config import resolve_config
+from pgprune_core.config.resolve import resolve_config
 from pgprune_core.demo import (
     DEMO,
     DEMO_STEPS,
@@ -33,7 +33,7 @@ from pgprune_core.demo.__main__ import main as demo_main
 from pgprune_core.demo.cache import PROVENANCE, file_hashes, read_provenance, sha256_file
 from pgprune_core.demo.recipe import RECIPE_ENV
 from pgprune_core.errors import ConfigError
-from pgprune_core.reporting import SilentReporter
+from pgprune_core.report.progress import SilentReporter
 
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "demo.md"
 
@@ -330,8 +330,8 @@ def test_demo_defaults_leave_what_the_user_set(tmp_path, overrides, expected):
 
 @pytest.mark.slow
 def test_pgprune_run_without_a_model_prunes_the_demo_model_offline(tmp_path, monkeypatch):
-    from pgprune_core.config import load_config_file
-    from pgprune_core.pipeline import run_pipeline
+    from pgprune_core.config.resolve import load_config_file
+    from pgprune_core.run.pipeline import run_pipeline
 
     monkeypatch.setenv(RECIPE_ENV, "tiny")
     monkeypatch.setenv("PGPRUNE_CACHE", str(tmp_path / "cache"))

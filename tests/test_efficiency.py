@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from pgprune_core.efficiency import count_parameters, ratios, size_on_disk
+from pgprune_core.evaluation.efficiency import count_parameters, ratios, size_on_disk
 from pgprune_core.interfaces import EvalContext
-from pgprune_core.registry import get_registry
+from pgprune_core.plugin.registry import get_registry
 from pgprune_core.testing import tiny_model, tiny_tokenizer
 
 

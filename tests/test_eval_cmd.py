@@ -9,7 +9,7 @@ import torch
 from typer.testing import CliRunner
 
 from pgprune_core.cli import build_app
-from pgprune_core.perplexity import perplexity
+from pgprune_core.evaluation.perplexity import perplexity
 from pgprune_core.testing import sample_text, save_tiny_model
 
 
@@ -58,8 +58,8 @@ def test_eval_model_dir_json_and_out(model_dir, text_file, tmp_path):
 
 
 def test_eval_run_directory_with_pruned_model(model_dir, text_file, tmp_path):
-    from pgprune_core.registry import get_registry
-    from pgprune_core.surgery import save_pruned
+    from pgprune_core.model.surgery import save_pruned
+    from pgprune_core.plugin.registry import get_registry
 
     if "llama" not in get_registry().names("adapter"):
         pytest.skip("the llama adapter plugin is not installed")

@@ -7,9 +7,9 @@ import copy
 import pytest
 import torch
 
-from pgprune_core.granularity.layer import LayerGranularity
-from pgprune_core.masking import apply_masks
-from pgprune_core.surgery import prune_model
+from pgprune_core.model.granularity.layer import LayerGranularity
+from pgprune_core.model.masking import apply_masks
+from pgprune_core.model.surgery import prune_model
 
 from .conftest import ALL_KINDS, ARCHS
 
@@ -27,7 +27,7 @@ def _logits(setup, ids, row_masks=None):
 def test_registered_as_builtin_plugins(registry):
     for kind in ALL_KINDS:
         spec = registry.get("granularity", kind)
-        assert spec.origin.plugin == "builtin-granularities"
+        assert spec.origin.plugin == f"builtin-{kind}"
     assert registry.cls("granularity", "layer").surgery_order > max(
         registry.cls("granularity", k).surgery_order for k in ("channel", "head"))
 

@@ -18,11 +18,11 @@ import torch
 from pydantic import ValidationError
 
 from pgprune_core.errors import ConfigError, DataError
-from pgprune_core.init_transforms import sigmoid_norm
+from pgprune_core.initializers.transforms import sigmoid_norm
 from pgprune_core.initializers.unit_params import layer_unit_sums
 from pgprune_core.interfaces import InitContext
-from pgprune_core.masking import LossOracle
-from pgprune_core.registry import get_registry
+from pgprune_core.model.masking import LossOracle
+from pgprune_core.plugin.registry import get_registry
 
 N_SEQ, SEQ_LEN = 6, 24
 

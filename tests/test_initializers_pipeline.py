@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from pgprune_core.config import resolve_config
-from pgprune_core.pipeline import run_pipeline
+from pgprune_core.config.resolve import resolve_config
+from pgprune_core.run.pipeline import run_pipeline
 from pgprune_core.testing import sample_text, save_tiny_model
 
 
@@ -71,7 +71,7 @@ def test_metric_alone_prunes_by_its_own_scores(assets, tmp_path, init, granulari
 def test_run_calibration_provider_gives_exactly_the_windows_asked(sampling) -> None:
     """Initializers get ``n_sequences`` windows in all (a count that is not a multiple of the
     loop's batch size included), the same ones on every call, in batches no larger than it."""
-    from pgprune_core.pipeline import calibration_batches
+    from pgprune_core.run.pipeline import calibration_batches
 
     config = resolve_config(None, None, {"training.batch_size": 8, "data.sampling": sampling})
     tokens = torch.arange(10_000) % 997

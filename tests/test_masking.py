@@ -6,8 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from pgprune_core import masking
-from pgprune_core.masking import LossOracle, apply_masks, token_nll_sums
+from pgprune_core.model import masking
+from pgprune_core.model.masking import LossOracle, apply_masks, token_nll_sums
 
 from .conftest import ALL_KINDS
 

@@ -7,7 +7,7 @@ import time
 import pytest
 import torch
 
-from pgprune_core.memory import PeakMemory, current_rss_bytes
+from pgprune_core.evaluation.memory import PeakMemory, current_rss_bytes
 
 
 @pytest.mark.skipif(current_rss_bytes() is None, reason="needs /proc/self/statm")

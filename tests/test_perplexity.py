@@ -7,13 +7,13 @@ import math
 import pytest
 import torch
 
-from pgprune_core.config import DataSection
+from pgprune_core.config.sections import DataSection
 from pgprune_core.data.sources import file_source
 from pgprune_core.errors import DataError
+from pgprune_core.evaluation.perplexity import perplexity, windows_of
 from pgprune_core.interfaces import EvalContext
-from pgprune_core.perplexity import perplexity, windows_of
-from pgprune_core.registry import get_registry
-from pgprune_core.reporting import SilentReporter
+from pgprune_core.plugin.registry import get_registry
+from pgprune_core.report.progress import SilentReporter
 from pgprune_core.testing import sample_text, tiny_model, tiny_tokenizer
 
 

@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from pgprune_core.config import resolve_config
+from pgprune_core.config.resolve import resolve_config
 from pgprune_core.errors import RunDirError
-from pgprune_core.pipeline import run_pipeline
+from pgprune_core.run.pipeline import run_pipeline
 from pgprune_core.testing import sample_text, save_tiny_model
 
 
@@ -94,7 +94,7 @@ def test_run_end_to_end(assets, tmp_path, granularity):
 
 def test_threads_apply_during_the_run_and_are_restored(assets, tmp_path, monkeypatch):
     seen = []
-    import pgprune_core.pipeline as pipeline
+    import pgprune_core.run.pipeline as pipeline
 
     original = pipeline.prepare
 
@@ -207,7 +207,7 @@ def test_resume_errors_are_one_line(assets, tmp_path):
 
 @pytest.mark.parametrize("init", ["random", "magnitude"])
 def test_progressive_schedule_runs_stages(assets, tmp_path, init):
-    from pgprune_core.reporting import SilentReporter
+    from pgprune_core.report.progress import SilentReporter
 
     class Recorder(SilentReporter):
         messages: list[str] = []

@@ -7,7 +7,7 @@ import math
 
 import pytest
 
-from pgprune_core.plots import plot_loss, plot_sparsity, pruned_fraction_by_layer, read_jsonl
+from pgprune_core.report.plots import plot_loss, plot_sparsity, pruned_fraction_by_layer, read_jsonl
 
 PNG = b"\x89PNG\r\n\x1a\n"
 

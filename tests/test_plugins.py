@@ -13,8 +13,8 @@ from pydantic import create_model
 
 from pgprune_core import Estimator, PluginConfig, StepContext, StepStats, hookimpl
 from pgprune_core.errors import UnknownPluginError
-from pgprune_core.plugins import DEFAULT_PLUGINS, PluginSet
-from pgprune_core.registry import Registry, estimators, get_registry, temporary_plugin
+from pgprune_core.plugin.manager import DEFAULT_PLUGINS, PluginSet
+from pgprune_core.plugin.registry import Registry, estimators, get_registry, temporary_plugin
 
 
 def _estimator_plugin(name: str, option_default: int = 1) -> types.SimpleNamespace:
@@ -42,7 +42,7 @@ def test_builtins_are_registered_as_plugins(registry):
         assert registry.plugins.pm.get_plugin(name) is not None
     spec = registry.get("projector", "bisection")
     assert spec.origin.distribution == "pgprune"
-    assert spec.origin.plugin == "builtin-projectors"
+    assert spec.origin.plugin == "builtin-bisection"
     assert "none" in estimators()
 
 
@@ -134,10 +134,19 @@ def test_entry_point_import_failure_is_reported_and_others_load(monkeypatch):
 
 
 def test_disable_list_skips_plugins_and_components(monkeypatch):
-    monkeypatch.setenv("PGPRUNE_DISABLE_PLUGINS", "builtin-projectors, none")
+    monkeypatch.setenv("PGPRUNE_DISABLE_PLUGINS", "builtin-taylor, none")
     reg = Registry(PluginSet())
-    assert "bisection" not in reg.names("projector")
+    assert "taylor" not in reg.names("initializer")
     assert "none" not in reg.names("estimator")
+    assert "wanda-sp" in reg.names("initializer")
+
+
+def test_essential_builtins_cannot_be_disabled(monkeypatch):
+    """The unit kinds and the projection survive the disable list, by plugin or by name."""
+    monkeypatch.setenv("PGPRUNE_DISABLE_PLUGINS", "builtin-bisection,channel,builtin-head,layer")
+    reg = Registry(PluginSet())
+    assert "bisection" in reg.names("projector")
+    assert {"channel", "head", "layer"} <= set(reg.names("granularity"))
 
 
 def test_unknown_name_lists_valid_ones(registry):

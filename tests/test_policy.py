@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from pgprune_core.policy import BernoulliPolicy
+from pgprune_core.optim.policy import BernoulliPolicy
 
 
 def _policy() -> BernoulliPolicy:

@@ -11,9 +11,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pgprune_core.builtins.projectors import BisectionProjector
 from pgprune_core.interfaces import Constraint
-from pgprune_core.projection import project, project_one
+from pgprune_core.optim.projection import BisectionProjector, project, project_one
 
 TOL = 1e-9
 

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from pgprune_core.config import resolve_config
-from pgprune_core.reports import comparison_rows, render_report, write_report
+from pgprune_core.config.resolve import resolve_config
+from pgprune_core.report.markdown import comparison_rows, render_report, write_report
 
 METRICS = {
     "dense": {

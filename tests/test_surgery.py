@@ -12,11 +12,11 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from pgprune_core import load_pruned as public_load_pruned
-from pgprune_core import pruned_modeling
-from pgprune_core.accounting import removed_params
 from pgprune_core.errors import ModelError, UnknownPluginError
-from pgprune_core.masking import apply_masks
-from pgprune_core.surgery import MODELING_FILE, load_pruned, prune_model, save_pruned
+from pgprune_core.model import pruned_modeling
+from pgprune_core.model.accounting import removed_params
+from pgprune_core.model.masking import apply_masks
+from pgprune_core.model.surgery import MODELING_FILE, load_pruned, prune_model, save_pruned
 from pgprune_core.testing import tiny_tokenizer
 
 from .conftest import ALL_KINDS, ARCHS
@@ -150,7 +150,7 @@ def test_a_loaded_pruned_model_can_be_pruned_again(make_setup, registry, tokeniz
     model = load_pruned(first)
     structure = registry.cls("adapter", "llama")().describe_model(model)
     layer = registry.cls("granularity", "layer")()
-    from pgprune_core.structure import UnitLayout
+    from pgprune_core.model.structure import UnitLayout
 
     layout = UnitLayout([layer.units(structure)])
     prune_model(structure, layout, {"layer": layer}, torch.tensor([False, True, True]))
@@ -190,8 +190,8 @@ def test_save_overwrites_a_previous_save_but_not_a_foreign_directory(make_setup,
 
 @pytest.fixture(scope="module")
 def saved_model(tmp_path_factory, tokenizer):
-    from pgprune_core.registry import get_registry
-    from pgprune_core.structure import UnitLayout
+    from pgprune_core.model.structure import UnitLayout
+    from pgprune_core.plugin.registry import get_registry
     from pgprune_core.testing import tiny_model
 
     model = tiny_model("llama")

@@ -6,6 +6,6 @@ plugin's) becomes one line on stderr and exit status 2, never a traceback.
 
 from __future__ import annotations
 
-from .app import build_app, main
+from pgprune_core.cli.app import build_app, main
 
 __all__ = ["build_app", "main"]

@@ -8,9 +8,9 @@ from typing import Any
 import typer
 from typer.core import TyperGroup
 
-from ..errors import PgpruneError
-from ..registry import get_registry
-from .console import err_console
+from pgprune_core.errors import PgpruneError
+from pgprune_core.plugin.registry import get_registry
+from pgprune_core.report.console import err_console
 
 
 class PgpruneGroup(TyperGroup):
@@ -28,7 +28,7 @@ class PgpruneGroup(TyperGroup):
 
 def build_app() -> typer.Typer:
     """A fresh ``pgprune`` app with the built-in commands and every plugin's commands."""
-    from . import compare_cmd, config_cmd, eval_cmd, plugins_cmd, resume_cmd, run_cmd
+    from pgprune_core.cli import config_cmd, eval_cmd, plugins_cmd, resume_cmd, run_cmd
 
     app = typer.Typer(
         cls=PgpruneGroup,
@@ -39,7 +39,7 @@ def build_app() -> typer.Typer:
         add_completion=False,
         pretty_exceptions_show_locals=False,
     )
-    for module in (run_cmd, resume_cmd, eval_cmd, compare_cmd, plugins_cmd, config_cmd):
+    for module in (run_cmd, resume_cmd, eval_cmd, plugins_cmd, config_cmd):
         module.register(app)
     registry = get_registry()
     registry.register_commands(app)

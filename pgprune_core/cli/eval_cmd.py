@@ -20,12 +20,13 @@ import typer
 from pydantic import ValidationError
 from rich.table import Table
 
-from ..config import DTYPES, DataSection, parse_overrides
-from ..errors import ConfigError, ModelError
-from ..interfaces import EvalContext, Evaluator, ModelAdapter, ModelSource
-from ..registry import get_registry
-from .console import console
-from .options import OVERRIDE_CONTEXT
+from pgprune_core.cli.options import OVERRIDE_CONTEXT
+from pgprune_core.config.resolve import parse_overrides
+from pgprune_core.config.sections import DTYPES, DataSection
+from pgprune_core.errors import ConfigError, ModelError
+from pgprune_core.interfaces import EvalContext, Evaluator, ModelAdapter, ModelSource
+from pgprune_core.plugin.registry import get_registry
+from pgprune_core.report.console import console
 
 #: evaluators used when none is named (those of a run's default evaluation section)
 DEFAULT_EVALUATORS = ("perplexity", "efficiency")
@@ -60,7 +61,7 @@ def model_directory(target: str) -> Path | None:
 
 def saved_by_pgprune(path: Path) -> bool:
     """Whether ``path/config.json`` carries pgprune's section of per-layer shapes."""
-    from ..surgery import SECTION
+    from pgprune_core.model.surgery import SECTION
 
     try:
         config = json.loads((path / "config.json").read_text(encoding="utf-8"))
@@ -74,11 +75,11 @@ def load_for_eval(target: str, directory: Path | None, dtype: str, device: str) 
     :func:`model_directory`) with its tokenizer, in eval mode."""
     from transformers import AutoTokenizer
 
-    from ..hf_adapter import DTYPES as TORCH_DTYPES
-    from ..hf_adapter import load_model_config
+    from pgprune_core.model.hf_adapter import DTYPES as TORCH_DTYPES
+    from pgprune_core.model.hf_adapter import load_model_config
 
     if directory is not None and saved_by_pgprune(directory):
-        from .. import load_pruned
+        from pgprune_core import load_pruned
 
         pruned = load_pruned(directory, dtype=dtype, device=device)
         try:
@@ -157,11 +158,11 @@ def evaluate_cmd(
     Evaluator options: --NAME.KEY VALUE, e.g. --perplexity.max_windows 50
     --efficiency.batch_size 4 --lm-eval.tasks piqa,arc_easy.
     """
-    from ..artifacts import atomic_write_json
-    from ..data import eval_sources
-    from ..efficiency import count_parameters
-    from ..reports import comparison_rows
-    from .progress import RichReporter
+    from pgprune_core.data import eval_sources
+    from pgprune_core.evaluation.efficiency import count_parameters
+    from pgprune_core.report.markdown import comparison_rows
+    from pgprune_core.report.progress import RichReporter
+    from pgprune_core.run.artifacts import atomic_write_json
 
     if dtype not in DTYPES:
         raise ConfigError(f"--dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")

@@ -14,8 +14,9 @@ from typing import Annotated, Any
 
 import typer
 
-from ..config import RunConfig, parse_overrides, resolve_config
-from ..registry import get_registry
+from pgprune_core.config.resolve import parse_overrides, resolve_config
+from pgprune_core.config.sections import RunConfig
+from pgprune_core.plugin.registry import get_registry
 
 #: parameter name -> dotted config key
 FLAG_KEYS: dict[str, str] = {
@@ -119,6 +120,6 @@ OVERRIDE_CONTEXT = {"allow_extra_args": True, "ignore_unknown_options": True}
 
 
 def show_config(config: RunConfig) -> str:
-    from ..config import dump_config
+    from pgprune_core.config.resolve import dump_config
 
     return dump_config(config)

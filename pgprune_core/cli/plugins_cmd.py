@@ -8,8 +8,8 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from ..registry import get_registry
-from .console import console
+from pgprune_core.plugin.registry import get_registry
+from pgprune_core.report.console import console
 
 
 def plugins(

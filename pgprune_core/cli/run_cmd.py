@@ -6,8 +6,8 @@ from typing import Annotated
 
 import typer
 
-from ..config import RunConfig
-from .options import OVERRIDE_CONTEXT, config_options
+from pgprune_core.cli.options import OVERRIDE_CONTEXT, config_options
+from pgprune_core.config.sections import RunConfig
 
 
 def _run(
@@ -20,13 +20,13 @@ def _run(
     --training.checkpoint_every 50.  See `pgprune config show` for every key.
     """
     if dry_run:
-        from ..config import dump_config
-        from ..demo import apply_demo_defaults
+        from pgprune_core.config.resolve import dump_config
+        from pgprune_core.demo import apply_demo_defaults
 
         typer.echo(dump_config(apply_demo_defaults(config)), nl=False)
         return
-    from ..pipeline import run_pipeline
-    from .progress import RichReporter
+    from pgprune_core.report.progress import RichReporter
+    from pgprune_core.run.pipeline import run_pipeline
 
     run_pipeline(config, reporter=RichReporter())
 

@@ -16,12 +16,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..config import DataSection
-from ..reporting import Reporter
-from .cache import cache_root
-from .sources import CORPORA, TextSource, calibration_source, eval_sources
-from .stream import CalibrationStream
-from .tokens import EVAL_SEPARATOR, tokenize_source, tokenizer_fingerprint
+from pgprune_core.config.sections import DataSection
+from pgprune_core.data.cache import cache_root
+from pgprune_core.data.sources import CORPORA, TextSource, calibration_source, eval_sources
+from pgprune_core.data.stream import CalibrationStream
+from pgprune_core.data.tokens import EVAL_SEPARATOR, tokenize_source, tokenizer_fingerprint
+from pgprune_core.report.progress import Reporter
 
 __all__ = [
     "CORPORA",

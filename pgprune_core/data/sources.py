@@ -21,8 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from ..config import DataSection
-from ..errors import DataError
+from pgprune_core.config.sections import DataSection
+from pgprune_core.errors import DataError
 
 Role = Literal["calibration", "evaluation"]
 

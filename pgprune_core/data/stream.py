@@ -26,8 +26,8 @@ from typing import Literal
 
 import torch
 
-from ..errors import ConfigError, DataError
-from ..seeding import derived_seed
+from pgprune_core.errors import ConfigError, DataError
+from pgprune_core.run.seeding import derived_seed
 
 Sampling = Literal["random", "sequential"]
 

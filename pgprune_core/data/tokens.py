@@ -26,10 +26,10 @@ from typing import Any, Literal
 
 import torch
 
-from ..artifacts import atomic_path
-from ..errors import ModelError
-from ..reporting import Reporter, SilentReporter
-from .cache import cache_root
+from pgprune_core.data.cache import cache_root
+from pgprune_core.errors import ModelError
+from pgprune_core.report.progress import Reporter, SilentReporter
+from pgprune_core.run.artifacts import atomic_path
 
 Joining = Literal["eos", "text"]
 

@@ -8,11 +8,11 @@ rebuilds it and checks that the bytes are identical.  See ``docs/demo.md``.
 
 from __future__ import annotations
 
-from .build import demo_model_path, ensure_demo_model, rebuild_demo_model
-from .corpus import CorpusSplit, demo_corpus, split_topics
-from .datafiles import demo_data
-from .defaults import DEMO_STEPS, apply_demo_defaults
-from .recipe import DEMO, RECIPES, TINY, DemoRecipe, default_recipe
+from pgprune_core.demo.build import demo_model_path, ensure_demo_model, rebuild_demo_model
+from pgprune_core.demo.corpus import CorpusSplit, demo_corpus, split_topics
+from pgprune_core.demo.datafiles import demo_data
+from pgprune_core.demo.defaults import DEMO_STEPS, apply_demo_defaults
+from pgprune_core.demo.recipe import DEMO, RECIPES, TINY, DemoRecipe, default_recipe
 
 __all__ = [
     "DEMO",

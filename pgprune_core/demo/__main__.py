@@ -17,11 +17,11 @@ import sys
 import tempfile
 from pathlib import Path
 
-from ..errors import PgpruneError
-from .build import build_demo_model, ensure_demo_model, rebuild_demo_model
-from .cache import file_hashes, read_provenance
-from .corpus import demo_corpus
-from .recipe import RECIPES, default_recipe
+from pgprune_core.demo.build import build_demo_model, ensure_demo_model, rebuild_demo_model
+from pgprune_core.demo.cache import file_hashes, read_provenance
+from pgprune_core.demo.corpus import demo_corpus
+from pgprune_core.demo.recipe import RECIPES, default_recipe
+from pgprune_core.errors import PgpruneError
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -48,7 +48,7 @@ def compare(cached: Path, fresh: Path) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from ..cli.progress import RichReporter
+    from pgprune_core.report.progress import RichReporter
 
     args = parse_args(argv)
     reporter = RichReporter()

@@ -17,11 +17,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from ..artifacts import atomic_dir, atomic_write_json
-from ..data.cache import cache_root
-from ..errors import ModelError
-from ..reporting import Reporter, SilentReporter
-from .cache import (
+from pgprune_core.data.cache import cache_root
+from pgprune_core.demo.cache import (
     PROVENANCE,
     PROVENANCE_FORMAT,
     build_lock,
@@ -30,10 +27,19 @@ from .cache import (
     read_provenance,
     remove_stale_builds,
 )
-from .corpus import CorpusSplit, demo_corpus
-from .recipe import DemoRecipe, default_recipe
-from .tokenizer import train_tokenizer
-from .train import perplexity, reproducible_torch, token_stream, train_model, unigram_perplexity
+from pgprune_core.demo.corpus import CorpusSplit, demo_corpus
+from pgprune_core.demo.recipe import DemoRecipe, default_recipe
+from pgprune_core.demo.tokenizer import train_tokenizer
+from pgprune_core.demo.train import (
+    perplexity,
+    reproducible_torch,
+    token_stream,
+    train_model,
+    unigram_perplexity,
+)
+from pgprune_core.errors import ModelError
+from pgprune_core.report.progress import Reporter, SilentReporter
+from pgprune_core.run.artifacts import atomic_dir, atomic_write_json
 
 
 @contextlib.contextmanager

@@ -6,7 +6,7 @@ else ``$XDG_CACHE_HOME/pgprune``, else ``~/.cache/pgprune``).  An entry is a dir
 corpus and another entry, so two virtual environments sharing a cache never rebuild each
 other's model.
 
-Entries are written whole (:func:`pgprune_core.artifacts.atomic_dir`) under an exclusive
+Entries are written whole (:func:`pgprune_core.run.artifacts.atomic_dir`) under an exclusive
 lock, and an entry is trusted only when every file that ``PROVENANCE.json`` lists is present
 with the sha256 it records: a truncated copy, a hand-edited weight file or a half-deleted
 directory is rebuilt rather than loaded.

@@ -18,9 +18,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ..artifacts import atomic_write_text
-from ..data.cache import cache_root
-from .corpus import CorpusSplit, Part, demo_corpus
+from pgprune_core.data.cache import cache_root
+from pgprune_core.demo.corpus import CorpusSplit, Part, demo_corpus
+from pgprune_core.run.artifacts import atomic_write_text
 
 #: file names; the evaluation set is reported under the file's stem ("pydoc-eval")
 CALIBRATION_FILE = "pydoc-calib.jsonl"

@@ -20,9 +20,9 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
-from ..config import RunConfig
-from .datafiles import demo_data
-from .recipe import default_recipe
+from pgprune_core.config.sections import RunConfig
+from pgprune_core.demo.datafiles import demo_data
+from pgprune_core.demo.recipe import default_recipe
 
 #: optimisation steps of the demo run (batch 8 x 128 tokens, 2 masks a step): long enough
 #: for the policy to move visibly away from its Wanda-sp start, short enough for the whole

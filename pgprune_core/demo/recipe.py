@@ -20,7 +20,7 @@ import os
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from ..errors import ConfigError
+from pgprune_core.errors import ConfigError
 
 #: environment variable naming the recipe that ``ensure_demo_model`` builds by default
 RECIPE_ENV = "PGPRUNE_DEMO_RECIPE"

@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from .recipe import DemoRecipe
+from pgprune_core.demo.recipe import DemoRecipe
 
 #: training losses averaged into the reported final loss (one step's loss is noisy)
 FINAL_LOSS_WINDOW = 20

@@ -4,5 +4,5 @@ One module per metric (``random_scores``, ``uniform``, ``magnitude``, ``wanda_sp
 ``layerwise_ppl``, ``taylor``); the pieces they share live in ``base`` (argument checks,
 calibration batches), ``unit_params`` (which weights belong to which unit) and
 ``activations`` (the layer-by-layer calibration pass).  They are registered as plugins by
-:mod:`pgprune_core.builtins.initializers`.
+:mod:`pgprune_core.initializers`.
 """

@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..structure import LayerSite, ModelStructure
+from pgprune_core.model.structure import LayerSite, ModelStructure
 
 #: positional arguments after the hidden states, and keyword arguments, of one layer call
 Call = tuple[tuple[Any, ...], dict[str, Any]]

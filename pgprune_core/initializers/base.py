@@ -13,8 +13,8 @@ import warnings
 
 import torch
 
-from ..errors import ConfigError, DataError
-from ..interfaces import InitContext, Initializer
+from pgprune_core.errors import ConfigError, DataError
+from pgprune_core.interfaces import InitContext, Initializer
 
 
 class CheckedInitializer(Initializer):

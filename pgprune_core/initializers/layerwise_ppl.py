@@ -21,10 +21,11 @@ from typing import Literal, cast
 import torch
 from pydantic import Field
 
-from ..config_base import InitializerConfig
-from ..interfaces import InitContext
-from ..masking import LossOracle
-from .base import CheckedInitializer, calibration_batches
+from pgprune_core.config.base import InitializerConfig
+from pgprune_core.initializers.base import CheckedInitializer, calibration_batches
+from pgprune_core.interfaces import InitContext
+from pgprune_core.model.masking import LossOracle
+from pgprune_core.plugin.hookspecs import hookimpl
 
 
 class LayerwisePplInitializer(CheckedInitializer):
@@ -61,3 +62,8 @@ class LayerwisePplInitializer(CheckedInitializer):
             rows += batch.shape[0]
         nll = total / rows
         return nll.exp() if config.metric == "ppl" else nll
+
+
+@hookimpl
+def pgprune_register_initializers(register):  # type: ignore[no-untyped-def]
+    register(LayerwisePplInitializer)

@@ -15,11 +15,12 @@ from typing import Literal
 
 import torch
 
-from ..config_base import InitializerConfig
-from ..interfaces import InitContext
-from ..structure import LayerSite
-from .base import CheckedInitializer
-from .unit_params import gather_units, layer_unit_sums
+from pgprune_core.config.base import InitializerConfig
+from pgprune_core.initializers.base import CheckedInitializer
+from pgprune_core.initializers.unit_params import gather_units, layer_unit_sums
+from pgprune_core.interfaces import InitContext
+from pgprune_core.model.structure import LayerSite
+from pgprune_core.plugin.hookspecs import hookimpl
 
 
 class MagnitudeInitializer(CheckedInitializer):
@@ -43,3 +44,8 @@ def unit_rms(site: LayerSite, kind: str) -> torch.Tensor:
     squares = layer_unit_sums(site, kind, lambda p: p.detach().square())
     counts = layer_unit_sums(site, kind, lambda p: torch.ones_like(p, dtype=torch.float32))
     return (squares / counts).sqrt()
+
+
+@hookimpl
+def pgprune_register_initializers(register):  # type: ignore[no-untyped-def]
+    register(MagnitudeInitializer)

@@ -16,10 +16,11 @@ from typing import Literal
 
 import torch
 
-from ..config_base import InitializerConfig
-from ..interfaces import InitContext
-from ..seeding import derived_seed
-from .base import CheckedInitializer
+from pgprune_core.config.base import InitializerConfig
+from pgprune_core.initializers.base import CheckedInitializer
+from pgprune_core.interfaces import InitContext
+from pgprune_core.plugin.hookspecs import hookimpl
+from pgprune_core.run.seeding import derived_seed
 
 
 class RandomInitializer(CheckedInitializer):
@@ -35,3 +36,8 @@ class RandomInitializer(CheckedInitializer):
     def compute(self, ctx: InitContext) -> torch.Tensor:
         generator = torch.Generator().manual_seed(derived_seed(ctx.seed, "random-init"))
         return torch.rand(len(ctx.layout), generator=generator, dtype=torch.float64)
+
+
+@hookimpl
+def pgprune_register_initializers(register):  # type: ignore[no-untyped-def]
+    register(RandomInitializer)

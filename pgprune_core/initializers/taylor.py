@@ -33,11 +33,12 @@ import torch
 from pydantic import Field
 from torch import nn
 
-from ..config_base import InitializerConfig
-from ..interfaces import InitContext
-from ..structure import LayerSite
-from .base import CheckedInitializer, calibration_batches
-from .unit_params import gather_units, layer_unit_sums, unit_parameters
+from pgprune_core.config.base import InitializerConfig
+from pgprune_core.initializers.base import CheckedInitializer, calibration_batches
+from pgprune_core.initializers.unit_params import gather_units, layer_unit_sums, unit_parameters
+from pgprune_core.interfaces import InitContext
+from pgprune_core.model.structure import LayerSite
+from pgprune_core.plugin.hookspecs import hookimpl
 
 
 class TaylorInitializer(CheckedInitializer):
@@ -119,3 +120,8 @@ def weight_gradients(
             p.requires_grad_(flag)
             p.grad = grad
     return accum
+
+
+@hookimpl
+def pgprune_register_initializers(register):  # type: ignore[no-untyped-def]
+    register(TaylorInitializer)

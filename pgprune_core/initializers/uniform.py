@@ -12,9 +12,10 @@ from typing import Literal
 
 import torch
 
-from ..config_base import InitializerConfig
-from ..interfaces import InitContext
-from .base import CheckedInitializer
+from pgprune_core.config.base import InitializerConfig
+from pgprune_core.initializers.base import CheckedInitializer
+from pgprune_core.interfaces import InitContext
+from pgprune_core.plugin.hookspecs import hookimpl
 
 
 class UniformInitializer(CheckedInitializer):
@@ -31,3 +32,8 @@ class UniformInitializer(CheckedInitializer):
 
     def compute(self, ctx: InitContext) -> torch.Tensor:
         return torch.zeros(len(ctx.layout), dtype=torch.float64)
+
+
+@hookimpl
+def pgprune_register_initializers(register):  # type: ignore[no-untyped-def]
+    register(UniformInitializer)

@@ -22,8 +22,8 @@ from dataclasses import dataclass
 
 import torch
 
-from ..errors import ConfigError
-from ..structure import LayerSite, ModelStructure, UnitSet
+from pgprune_core.errors import ConfigError
+from pgprune_core.model.structure import LayerSite, ModelStructure, UnitSet
 
 #: element-wise values of one parameter (same shape) -> one number per unit of the layer
 Reduce = Callable[[torch.Tensor], torch.Tensor]

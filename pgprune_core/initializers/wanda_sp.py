@@ -28,12 +28,13 @@ from typing import Literal, cast
 import torch
 from pydantic import Field
 
-from ..config_base import InitializerConfig
-from ..interfaces import InitContext
-from ..structure import LayerSite
-from .activations import InputSquares, collect_input_squares
-from .base import CheckedInitializer, calibration_batches
-from .unit_params import gather_units
+from pgprune_core.config.base import InitializerConfig
+from pgprune_core.initializers.activations import InputSquares, collect_input_squares
+from pgprune_core.initializers.base import CheckedInitializer, calibration_batches
+from pgprune_core.initializers.unit_params import gather_units
+from pgprune_core.interfaces import InitContext
+from pgprune_core.model.structure import LayerSite
+from pgprune_core.plugin.hookspecs import hookimpl
 
 
 class WandaSpInitializer(CheckedInitializer):
@@ -89,3 +90,8 @@ def head_scores(site: LayerSite, inputs: InputSquares) -> torch.Tensor:
     att = site.attention
     per_head = _column_metric(att.o_proj, inputs).reshape(att.n_heads, att.head_dim).sum(1)
     return per_head.reshape(att.n_kv_heads, att.group_size).mean(1)
+
+
+@hookimpl
+def pgprune_register_initializers(register):  # type: ignore[no-untyped-def]
+    register(WandaSpInitializer)

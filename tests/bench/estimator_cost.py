@@ -34,7 +34,7 @@ model, with their parameter counts.
 Memory: every (model, variant) is measured in a FRESH subprocess, so that nothing freed by an
 earlier variant (or by loading the model) is reused and hidden.  The child builds the model
 and the step, runs the same variant once on a 1 x 8 batch (lazy initialisation), then wraps
-ONE full call in ``pgprune_core.memory.PeakMemory``:
+ONE full call in ``pgprune_core.evaluation.memory.PeakMemory``:
 
 - CUDA: ``max_memory_allocated`` (tensors only, weights included), reset before the call.
 - CPU: the process resident set size sampled every 1 ms by a thread; ``peak_rss_bytes`` is
@@ -83,12 +83,12 @@ import torch
 from _proxy import PROXY_MODEL
 
 from pgprune_core import StepContext
-from pgprune_core.budget import Budget
-from pgprune_core.masking import LossOracle, token_nll_sums
-from pgprune_core.memory import PeakMemory
-from pgprune_core.policy import BernoulliPolicy
-from pgprune_core.registry import adapters, estimators, granularities, projectors
-from pgprune_core.structure import UnitLayout
+from pgprune_core.evaluation.memory import PeakMemory
+from pgprune_core.model.masking import LossOracle, token_nll_sums
+from pgprune_core.model.structure import UnitLayout
+from pgprune_core.optim.budget import Budget
+from pgprune_core.optim.policy import BernoulliPolicy
+from pgprune_core.plugin.registry import adapters, estimators, granularities, projectors
 
 BATCH, LENGTH, N_SAMPLES, RATE, START_PROB = 8, 128, 2, 0.5, 0.5
 #: the paper's run length (one epoch of 120k segments in batches of 8)

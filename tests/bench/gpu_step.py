@@ -46,8 +46,8 @@ from typing import Any
 
 import torch
 
-from pgprune_core.memory import PeakMemory
-from pgprune_core.registry import estimators
+from pgprune_core.evaluation.memory import PeakMemory
+from pgprune_core.plugin.registry import estimators
 
 #: the paper's LLaMA-2-7B numbers (REFERENCE.md): one epoch = 120k segments / batch 8
 PAPER_STEPS, PAPER_HOURS, PAPER_PEAK_GB, PAPER_GPU = 15_000, 1.76, [18.2, 19.5], "A100"

@@ -50,8 +50,8 @@ def parse_args() -> argparse.Namespace:
 
 def run_one(args: argparse.Namespace, work: Path, init: str, granularity: str, rate: float,
             dense: bool) -> dict[str, Any]:
-    from pgprune_core.config import parse_value, resolve_config
-    from pgprune_core.pipeline import run_pipeline
+    from pgprune_core.config.resolve import parse_value, resolve_config
+    from pgprune_core.run.pipeline import run_pipeline
 
     name = f"{init}-{granularity.replace(',', '+')}-{round(rate * 100)}"
     flat = {

@@ -18,7 +18,7 @@ part of the per-token multiply-adds (``half_layers_bound_from_lm_head_share`` in
 
 Timings are medians over ``--repeats`` rounds (after a warm-up round); within a round the
 variants run one after the other, so slow drifts of a shared machine hit all of them alike.
-Peak memory (``pgprune_core.memory.PeakMemory``): the process RSS (CPU) or
+Peak memory (``pgprune_core.evaluation.memory.PeakMemory``): the process RSS (CPU) or
 ``max_memory_allocated`` (CUDA) during one more run of each variant, absolute and as the rise
 above the start of that run.
 Prints one JSON document; ``docs/benchmarks.md`` records the numbers.
@@ -40,10 +40,10 @@ from typing import Any
 import torch
 from _proxy import PROXY_MODEL
 
-from pgprune_core.masking import LossOracle
-from pgprune_core.memory import PeakMemory
-from pgprune_core.registry import adapters, granularities
-from pgprune_core.structure import UnitLayout
+from pgprune_core.evaluation.memory import PeakMemory
+from pgprune_core.model.masking import LossOracle
+from pgprune_core.model.structure import UnitLayout
+from pgprune_core.plugin.registry import adapters, granularities
 
 BATCH, LENGTH, KEEP = 8, 128, 0.7
 

@@ -29,8 +29,8 @@ import torch
 from pydantic import Field, model_validator
 
 from pgprune_core import Estimator, StepContext, StepStats
-from pgprune_core.skips import NonFiniteSkips
-from pgprune_core.step_size import StepSizeConfig, effective_lr, projected_step
+from pgprune_core.optim.skips import NonFiniteSkips
+from pgprune_core.optim.step_size import StepSizeConfig, effective_lr, projected_step
 
 from .temperature import TemperatureSchedule, temperature
 

@@ -12,13 +12,13 @@ import torch
 from pgprune_gumbel import GumbelEstimator, temperature
 from pydantic import ValidationError
 
-from pgprune_core.budget import Budget
 from pgprune_core.interfaces import StepContext
-from pgprune_core.policy import BernoulliPolicy
-from pgprune_core.projection import project
-from pgprune_core.registry import get_registry
-from pgprune_core.structure import UnitLayout, UnitSet
-from pgprune_core.synthetic import QuadraticOracle
+from pgprune_core.model.structure import UnitLayout, UnitSet
+from pgprune_core.optim.budget import Budget
+from pgprune_core.optim.policy import BernoulliPolicy
+from pgprune_core.optim.projection import project
+from pgprune_core.plugin.registry import get_registry
+from pgprune_core.testing.oracles import QuadraticOracle
 
 S0 = torch.tensor([0.2, 0.35, 0.5, 0.65, 0.8, 0.9], dtype=torch.float64)
 
@@ -115,7 +115,7 @@ def test_temperature_schedule() -> None:
 
 
 def test_backpropagates_to_the_mask_parameters_only() -> None:
-    from pgprune_core.masking import LossOracle
+    from pgprune_core.model.masking import LossOracle
     from pgprune_core.testing import tiny_model
 
     model = tiny_model("llama", num_hidden_layers=2)

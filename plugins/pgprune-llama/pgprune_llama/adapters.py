@@ -1,7 +1,7 @@
 """The ``llama`` and ``vicuna`` adapters: what pgprune needs to know about LlamaForCausalLM.
 
 Everything generic (loading, describing sites, errors) is in
-:class:`pgprune_core.hf_adapter.HFDecoderAdapter`; an adapter only names the architecture.
+:class:`pgprune_core.model.hf_adapter.HFDecoderAdapter`; an adapter only names the architecture.
 LLaMA-1/2 (multi-head attention), LLaMA-3 (grouped-query attention, llama3 rope scaling)
 and tied or untied embeddings are all ``LlamaForCausalLM`` and need nothing more: head
 geometry is read from the module shapes, and rope scaling lives in the rotary embedding,
@@ -13,8 +13,8 @@ from __future__ import annotations
 from typing import Literal
 
 from pgprune_core import PluginConfig
-from pgprune_core.hf_adapter import HFDecoderAdapter
-from pgprune_core.structure import ModuleNames
+from pgprune_core.model.hf_adapter import HFDecoderAdapter
+from pgprune_core.model.structure import ModuleNames
 
 #: the llama family's attribute names, which are ModuleNames' defaults
 LLAMA_NAMES = ModuleNames()

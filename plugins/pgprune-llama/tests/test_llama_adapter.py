@@ -1,5 +1,5 @@
 """The llama and vicuna adapters, installed as a third party would install them, and the
-generic loading / resolution errors they inherit from pgprune_core.hf_adapter."""
+generic loading / resolution errors they inherit from pgprune_core.model.hf_adapter."""
 
 from __future__ import annotations
 
@@ -13,10 +13,10 @@ from transformers import AutoModelForCausalLM, GPT2Config, GPT2LMHeadModel, Llam
 
 from pgprune_core import ModelSource, load_pruned
 from pgprune_core.errors import ModelError
-from pgprune_core.hf_adapter import resolve_adapter
-from pgprune_core.masking import apply_masks
-from pgprune_core.structure import UnitLayout
-from pgprune_core.surgery import prune_model, save_pruned
+from pgprune_core.model.hf_adapter import resolve_adapter
+from pgprune_core.model.masking import apply_masks
+from pgprune_core.model.structure import UnitLayout
+from pgprune_core.model.surgery import prune_model, save_pruned
 from pgprune_core.testing import save_tiny_model, tiny_model
 
 

@@ -24,7 +24,7 @@ from pydantic import Field, field_validator
 
 from pgprune_core import EvalContext, Evaluator, PluginConfig
 from pgprune_core.errors import ConfigError, DataError
-from pgprune_core.reporting import SilentReporter
+from pgprune_core.report.progress import SilentReporter
 
 #: the paper's five zero-shot tasks (Table 1)
 DEFAULT_TASKS = ("piqa", "winogrande", "hellaswag", "arc_easy", "arc_challenge")

@@ -11,7 +11,7 @@ import torch
 
 from pgprune_core.errors import ConfigError
 from pgprune_core.interfaces import EvalContext
-from pgprune_core.registry import get_registry
+from pgprune_core.plugin.registry import get_registry
 from pgprune_core.testing import tiny_model, tiny_tokenizer
 
 TASKS = Path(__file__).parent / "tasks"

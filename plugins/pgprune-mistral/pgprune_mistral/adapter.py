@@ -3,7 +3,7 @@
 Mistral is a llama-family decoder with grouped-query attention and a sliding attention
 window.  The window is a property of the attention call and of the KV cache (both read it
 from the config, which pruning keeps), so the generic machinery of
-:class:`pgprune_core.hf_adapter.HFDecoderAdapter` covers it with Mistral's class and names.
+:class:`pgprune_core.model.hf_adapter.HFDecoderAdapter` covers it with Mistral's class and names.
 """
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ from __future__ import annotations
 from typing import Literal
 
 from pgprune_core import PluginConfig
-from pgprune_core.hf_adapter import HFDecoderAdapter
-from pgprune_core.structure import ModuleNames
+from pgprune_core.model.hf_adapter import HFDecoderAdapter
+from pgprune_core.model.structure import ModuleNames
 
 #: the llama family's attribute names, which are ModuleNames' defaults
 MISTRAL_NAMES = ModuleNames()

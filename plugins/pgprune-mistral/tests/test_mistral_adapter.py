@@ -9,9 +9,9 @@ from pgprune_mistral.plugin import pgprune_resolve_adapter
 from transformers import AutoModelForCausalLM, LlamaConfig, MistralConfig
 
 from pgprune_core import ModelSource, load_pruned
-from pgprune_core.hf_adapter import resolve_adapter
-from pgprune_core.structure import UnitLayout
-from pgprune_core.surgery import prune_model, save_pruned
+from pgprune_core.model.hf_adapter import resolve_adapter
+from pgprune_core.model.structure import UnitLayout
+from pgprune_core.model.surgery import prune_model, save_pruned
 from pgprune_core.testing import save_tiny_model
 
 

@@ -7,7 +7,7 @@ work (Sect. 6); this is that experiment.  One step:
 2. evaluate their losses once, forward only (``oracle.losses``: the model is never
    back-propagated, exactly like ``reinforce``);
 3. advantages ``A_m = -(L(m) - b) / std``: loss minus the shared baseline
-   (:mod:`pgprune_core.baselines`), divided by the standard deviation of the step's
+   (:mod:`pgprune_core.optim.baselines`), divided by the standard deviation of the step's
    advantages, with the sign of a reward (reward = -loss).  The normalisation makes the
    step size independent of the loss scale, so ``lr`` means the same on every model;
 4. ``epochs`` (K) updates of ``s`` ascending the clipped surrogate
@@ -29,10 +29,10 @@ import torch
 from pydantic import Field
 
 from pgprune_core import Estimator, StepContext, StepStats
-from pgprune_core.baselines import BaselineKind, LossBaseline
-from pgprune_core.policy import BernoulliPolicy
-from pgprune_core.skips import NonFiniteSkips
-from pgprune_core.step_size import StepSizeConfig, effective_lr, projected_step
+from pgprune_core.optim.baselines import BaselineKind, LossBaseline
+from pgprune_core.optim.policy import BernoulliPolicy
+from pgprune_core.optim.skips import NonFiniteSkips
+from pgprune_core.optim.step_size import StepSizeConfig, effective_lr, projected_step
 
 from .surrogate import ClippedSurrogate
 

@@ -11,13 +11,13 @@ import torch
 from pgprune_ppo import ClippedSurrogate, PpoEstimator
 from pydantic import ValidationError
 
-from pgprune_core.budget import Budget
 from pgprune_core.interfaces import StepContext
-from pgprune_core.policy import BernoulliPolicy
-from pgprune_core.projection import project
-from pgprune_core.registry import get_registry
-from pgprune_core.structure import UnitLayout, UnitSet
-from pgprune_core.synthetic import QuadraticOracle, ScriptedOracle
+from pgprune_core.model.structure import UnitLayout, UnitSet
+from pgprune_core.optim.budget import Budget
+from pgprune_core.optim.policy import BernoulliPolicy
+from pgprune_core.optim.projection import project
+from pgprune_core.plugin.registry import get_registry
+from pgprune_core.testing.oracles import QuadraticOracle, ScriptedOracle
 
 
 def _ctx(policy: BernoulliPolicy, oracle: Any, step: int = 0, total_steps: int = 100,

@@ -6,11 +6,11 @@ passes only), and moves the probabilities against
     g = 1/D * sum_i (L(m_i) - b_i) * score(m_i),     D = N_s ("mean") or N_s - 1 ("unbiased")
 
 before projecting back onto the budget: ``s <- proj_C(s - lr_t * g)``.  The baseline
-``b_i`` is the moving average of Eq. 8 by default (:mod:`pgprune_core.baselines`: started
+``b_i`` is the moving average of Eq. 8 by default (:mod:`pgprune_core.optim.baselines`: started
 at the first step's mean loss and updated before use, as the authors' code does).
 
 The learning rate the paper gives (2e-3) belongs to its ~15,000-step runs; by default it is
-scaled to the run's length (``scale_lr_to_steps``, see :mod:`pgprune_core.step_size` and
+scaled to the run's length (``scale_lr_to_steps``, see :mod:`pgprune_core.optim.step_size` and
 the README) so that short runs still move the probabilities.
 """
 
@@ -23,10 +23,10 @@ import torch
 from pydantic import Field, model_validator
 
 from pgprune_core import Estimator, StepContext, StepStats
-from pgprune_core.baselines import BaselineKind, LossBaseline
-from pgprune_core.policy import BernoulliPolicy, ScoreVariant
-from pgprune_core.skips import NonFiniteSkips
-from pgprune_core.step_size import StepSizeConfig, effective_lr, projected_step
+from pgprune_core.optim.baselines import BaselineKind, LossBaseline
+from pgprune_core.optim.policy import BernoulliPolicy, ScoreVariant
+from pgprune_core.optim.skips import NonFiniteSkips
+from pgprune_core.optim.step_size import StepSizeConfig, effective_lr, projected_step
 
 
 class ReinforceEstimator(Estimator):
@@ -106,7 +106,7 @@ class ReinforceEstimator(Estimator):
     # -- the pieces of Eq. 7 ------------------------------------------------------------
     def effective_lr(self, step: int, total_steps: int, run_steps: int | None = None) -> float:
         """The learning rate of step ``step`` of ``total_steps`` (see
-        :func:`pgprune_core.step_size.effective_lr`)."""
+        :func:`pgprune_core.optim.step_size.effective_lr`)."""
         return effective_lr(self.config, step, total_steps, run_steps)
 
     def advantages(self, losses: torch.Tensor) -> tuple[torch.Tensor, float | None]:

@@ -17,14 +17,14 @@ import torch
 from pgprune_reinforce import ReinforceEstimator
 from pydantic import ValidationError
 
-from pgprune_core.budget import Budget
 from pgprune_core.errors import ConfigError
 from pgprune_core.interfaces import StepContext
-from pgprune_core.policy import BernoulliPolicy
-from pgprune_core.projection import project
-from pgprune_core.registry import get_registry
-from pgprune_core.schedules import learning_rate, steps_scaled_lr
-from pgprune_core.structure import UnitLayout, UnitSet
+from pgprune_core.model.structure import UnitLayout, UnitSet
+from pgprune_core.optim.budget import Budget
+from pgprune_core.optim.policy import BernoulliPolicy
+from pgprune_core.optim.projection import project
+from pgprune_core.optim.schedules import learning_rate, steps_scaled_lr
+from pgprune_core.plugin.registry import get_registry
 
 S0 = torch.tensor([0.2, 0.35, 0.5, 0.65, 0.8, 0.9], dtype=torch.float64)
 
@@ -47,7 +47,7 @@ def true_gradient(s: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Te
 
 
 class QuadraticOracle:
-    """Stands in for ``pgprune_core.masking.LossOracle``: ``losses(batch, masks) -> [N]``."""
+    """Stands in for ``pgprune_core.model.masking.LossOracle``: ``losses(batch, masks) -> [N]``."""
 
     def __init__(self, a: torch.Tensor, b: torch.Tensor) -> None:
         self.a, self.b = a, b

@@ -1,8 +1,0 @@
-"""Rich consoles shared by the commands: results on stdout, messages on stderr."""
-
-from __future__ import annotations
-
-from rich.console import Console
-
-console = Console()
-err_console = Console(stderr=True)

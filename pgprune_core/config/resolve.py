@@ -1,0 +1,203 @@
+"""From sources to a validated :class:`~pgprune_core.config.sections.RunConfig`.
+
+Sources, later wins: a YAML/JSON file, CLI flags, dotted overrides (``--estimator.lr 3e-3``).
+A plugin section's ``name`` is applied before its options whatever the order of the
+overrides, and misspelt plugin names get a "did you mean".
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+
+from pgprune_core.config.sections import DEFAULTS, PLUGIN_SECTIONS, RunConfig, run_config_model
+from pgprune_core.errors import ConfigError, UnknownPluginError
+from pgprune_core.plugin.registry import Registry, get_registry
+
+# -- assembling from sources -------------------------------------------------------------
+
+
+def load_config_file(path: str | Path) -> dict[str, Any]:
+    """Read a YAML or JSON config file into a plain dict."""
+    file = Path(path)
+    if not file.is_file():
+        raise ConfigError(f"config file not found: {file}")
+    try:
+        data = yaml.safe_load(file.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ConfigError(f"config file {file} is not valid YAML/JSON: {first}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {file} must hold a mapping of sections, not {type(data).__name__}")
+    return data
+
+
+def parse_value(text: str) -> Any:
+    """A CLI string as the most specific scalar: int, float, bool/null/list (YAML), else str."""
+    for convert in (int, float):
+        try:
+            return convert(text)
+        except ValueError:
+            pass
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+    return value if isinstance(value, (bool, list, dict)) or value is None else text
+
+
+def parse_overrides(args: Iterable[str]) -> dict[str, Any]:
+    """``["--estimator.lr", "3e-3", "--training.steps=10"]`` -> ``{"estimator.lr": 0.003, ...}``."""
+    items = list(args)
+    result: dict[str, Any] = {}
+    i = 0
+    while i < len(items):
+        arg = items[i]
+        if not arg.startswith("--") or "." not in arg.split("=", 1)[0]:
+            raise ConfigError(
+                f"unexpected argument {arg!r}; overrides look like --section.key VALUE"
+            )
+        key = arg[2:]
+        if "=" in key:
+            key, raw = key.split("=", 1)
+        else:
+            if i + 1 >= len(items):
+                raise ConfigError(f"override {arg} needs a value")
+            i += 1
+            raw = items[i]
+        result[key] = parse_value(raw)
+        i += 1
+    return result
+
+
+def _set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
+    parts = dotted.split(".")
+    node = data
+    for part in parts[:-1]:
+        child = node.get(part)
+        if not isinstance(child, dict):
+            child = {}
+            node[part] = child
+        node = child
+    node[parts[-1]] = value
+
+
+def merge(base: dict[str, Any], flat: Mapping[str, Any]) -> dict[str, Any]:
+    """Apply ``{"section.key": value}`` onto a nested dict.  Selecting another plugin
+    (``estimator.name``) drops the previous plugin's options, which would not validate;
+    names are applied first, so ``--estimator.lr 1e-3 --estimator.name ppo`` keeps the lr."""
+    out = copy.deepcopy(base)
+    names_first = sorted(flat.items(), key=lambda item: item[0].partition(".")[2] != "name")
+    for dotted, value in names_first:
+        section, _, rest = dotted.partition(".")
+        if rest == "name" and section in PLUGIN_SECTIONS:
+            current = out.get(section) or {}
+            if isinstance(current, dict) and current.get("name") != value:
+                out[section] = {"name": value}
+                continue
+        _set_dotted(out, dotted, value)
+    return out
+
+
+def _check_plugin_names(data: dict[str, Any], registry: Registry) -> None:
+    for section, kind in PLUGIN_SECTIONS.items():
+        value = data.get(section)
+        if isinstance(value, dict) and "name" in value:
+            registry.get(kind, str(value["name"]))
+        elif value is not None and not isinstance(value, dict):
+            raise ConfigError(f"section '{section}' must be a mapping with a 'name'")
+    evaluation = data.get("evaluation")
+    if isinstance(evaluation, dict):
+        entries = evaluation.get("evaluators") or []
+        if isinstance(entries, str):
+            entries = [e.strip() for e in entries.split(",") if e.strip()]
+        for entry in entries if isinstance(entries, list) else []:
+            name = entry.get("name") if isinstance(entry, dict) else entry
+            registry.get("evaluator", str(name))
+    pruning = data.get("pruning")
+    if isinstance(pruning, dict):
+        kinds = pruning.get("granularity") or []
+        if isinstance(kinds, str):
+            kinds = [k.strip() for k in kinds.split(",") if k.strip()]
+        for kind in kinds if isinstance(kinds, list) else []:
+            registry.get("granularity", str(kind))
+    model = data.get("model")
+    if isinstance(model, dict) and model.get("adapter"):
+        registry.get("adapter", str(model["adapter"]))
+
+
+def format_validation_error(exc: ValidationError, data: Mapping[str, Any]) -> str:
+    """One readable line for the first problem pydantic found."""
+    messages = []
+    for error in exc.errors()[:3]:
+        loc = [str(part) for part in error["loc"]]
+        # drop the discriminator tag pydantic inserts: ("estimator", "reinforce", "lr")
+        if len(loc) >= 2 and loc[0] in PLUGIN_SECTIONS:
+            section = data.get(loc[0])
+            if isinstance(section, dict) and loc[1] == str(section.get("name")):
+                loc.pop(1)
+        if len(loc) >= 4 and loc[:2] == ["evaluation", "evaluators"]:
+            loc.pop(3)
+        if error["type"] == "extra_forbidden":
+            section = ".".join(loc[:-1]) or "top level"
+            messages.append(f"unknown key {loc[-1]!r} in section '{section}'")
+            continue
+        message = error["msg"]
+        if message.startswith("Value error, "):
+            message = message[len("Value error, ") :]
+        messages.append(f"{'.'.join(loc) or 'config'}: {message}")
+    return "invalid config: " + "; ".join(messages)
+
+
+def resolve_config(
+    file: str | Path | None = None,
+    flags: Mapping[str, Any] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+    registry: Registry | None = None,
+) -> RunConfig:
+    """Defaults < file < CLI flags < dotted overrides, validated into a :class:`RunConfig`."""
+    registry = registry or get_registry()
+    data: dict[str, Any] = copy.deepcopy(DEFAULTS)
+    if file is not None:
+        loaded = load_config_file(file)
+        for section, value in loaded.items():
+            if (
+                section in PLUGIN_SECTIONS
+                and isinstance(value, dict)
+                and isinstance(data.get(section), dict)
+                and value.get("name", data[section].get("name")) != data[section].get("name")
+            ):
+                data[section] = {}
+            if isinstance(value, dict) and isinstance(data.get(section), dict):
+                data[section] = {**data[section], **value}
+            else:
+                data[section] = value
+    data = merge(data, {k: v for k, v in (flags or {}).items() if v is not None})
+    data = merge(data, overrides or {})
+    return validate_config(data, registry)
+
+
+def validate_config(data: Mapping[str, Any], registry: Registry | None = None) -> RunConfig:
+    registry = registry or get_registry()
+    try:
+        _check_plugin_names(dict(data), registry)
+    except UnknownPluginError:
+        raise
+    model = run_config_model(registry)
+    try:
+        return model.model_validate(dict(data))
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc, data)) from None
+
+
+def dump_config(config: RunConfig) -> str:
+    """The resolved config as YAML (the format of ``config.yaml`` in a run directory)."""
+    return yaml.safe_dump(json.loads(config.model_dump_json()), sort_keys=False)

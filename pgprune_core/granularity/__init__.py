@@ -1,8 +1,0 @@
-"""The built-in kinds of structural units: MLP channels, attention heads (KV groups) and
-whole decoder layers.
-
-Each kind lives in its own module and is registered as a plugin by
-:mod:`pgprune_core.builtins.granularities`; the helpers they share (per-row masks, slicing
-linear layers) live beside them.  They work from :class:`~pgprune_core.structure.ModelStructure`
-only, so every adapter gets all three kinds without architecture code of its own.
-"""

@@ -1,0 +1,98 @@
+"""The ``head`` kind: attention heads, one unit per KV group.
+
+Under grouped-query attention a key/value head is shared by ``n_heads / n_kv_heads`` query
+heads; removing a query head alone saves little and removing a KV head breaks its queries,
+so the unit is the group (the KV head and its query heads), as in the authors' code.  Under
+multi-head attention a group is one head.  Masking multiplies the attention output, before
+``o_proj``, by the group's mask spread over its query heads x ``head_dim`` features: a zero
+there is exactly a removed group (its q/k/v rows then influence nothing).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from torch import nn
+
+from pgprune_core.config.base import PluginConfig
+from pgprune_core.interfaces import Granularity, Handle
+from pgprune_core.model.granularity.rowmask import by_layer, install_input_masks, per_layer_units
+from pgprune_core.model.granularity.slicing import (
+    head_features,
+    keep_columns,
+    keep_rows,
+    kept_indices,
+)
+from pgprune_core.model.pruned_modeling import EmptyAttention, set_head_counts
+from pgprune_core.model.structure import AttentionSite, ModelStructure, UnitSet
+from pgprune_core.plugin.hookspecs import hookimpl
+
+
+def group_cost(site: AttentionSite) -> int:
+    """Parameters one KV group owns: the q rows of its query heads, the k and v rows of its
+    KV head (with bias entries) and the o columns of its query heads."""
+    q, k, v, o = site.q_proj, site.k_proj, site.v_proj, site.o_proj
+    q_features = site.group_size * site.head_dim
+    cost = q_features * (q.in_features + int(q.bias is not None))
+    cost += site.head_dim * (k.in_features + int(k.bias is not None))
+    cost += site.head_dim * (v.in_features + int(v.bias is not None))
+    cost += q_features * o.out_features
+    return cost
+
+
+class HeadGranularity(Granularity):
+    """Attention heads; under GQA one unit is a KV group (the KV head and its query heads)."""
+
+    name = "head"
+    surgery_order = 0
+
+    class Config(PluginConfig):
+        name: Literal["head"] = "head"
+
+    def units(self, structure: ModelStructure) -> UnitSet:
+        return per_layer_units(self.name, (
+            (site.index, site.attention.n_kv_heads, group_cost(site.attention))
+            for site in structure.layers
+        ))
+
+    def install(self, structure: ModelStructure, units: UnitSet,
+                row_masks: torch.Tensor) -> list[Handle]:
+        def target(layer: int) -> tuple[nn.Linear, int, int]:
+            site = structure.layers[layer].attention
+            return site.o_proj, site.n_kv_heads, site.group_size * site.head_dim
+
+        return install_input_masks(units, row_masks, target)
+
+    def remove(self, structure: ModelStructure, units: UnitSet, keep: torch.Tensor) -> None:
+        for layer, (index, kept) in by_layer(units, keep.bool()).items():
+            dropped = index[~kept.cpu()]
+            if dropped.numel() == 0:
+                continue
+            layer_site = structure.layers[layer]
+            site = layer_site.attention
+            groups = kept_indices(site.n_kv_heads, dropped)
+            group_size = site.group_size
+            queries = (groups[:, None] * group_size + torch.arange(group_size)).reshape(-1)
+            q_features = head_features(queries, site.head_dim)
+            kv_features = head_features(groups, site.head_dim)
+            keep_rows(site.q_proj, q_features)
+            keep_rows(site.k_proj, kv_features)
+            keep_rows(site.v_proj, kv_features)
+            keep_columns(site.o_proj, q_features)
+            site.n_heads = int(queries.numel())
+            site.n_kv_heads = int(groups.numel())
+            if site.n_heads == 0:
+                names = structure.names
+                site.module = EmptyAttention(
+                    site.q_proj, site.k_proj, site.v_proj, site.o_proj, names.as_dict(),
+                    site.head_dim, int(getattr(site.module, "layer_idx", layer)),
+                )
+                setattr(layer_site.module, names.attention, site.module)
+            else:
+                set_head_counts(site.module, site.n_heads, site.n_kv_heads)
+
+
+@hookimpl
+def pgprune_register_granularities(register):  # type: ignore[no-untyped-def]
+    register(HeadGranularity)

@@ -1,0 +1,187 @@
+"""Generic machinery for llama-family Hugging Face decoders, parameterised by adapter plugins.
+
+An adapter plugin (``pgprune-llama``, ``pgprune-mistral``) subclasses :class:`HFDecoderAdapter`
+and states what it knows about its architecture: the ``model_type`` values it handles, the
+transformers class (a dotted path, imported only when a model is loaded, so that listing
+plugins stays fast) and the attribute names of the blocks (:class:`ModuleNames`).  Loading,
+describing and error reporting are the same for all of them and live here once.
+
+:func:`resolve_adapter` picks the adapter for a model from its config alone (through the
+``pgprune_resolve_adapter`` hook), without loading any weights.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+from typing import Any, ClassVar, cast
+
+import torch
+from torch import nn
+
+from pgprune_core.errors import ModelError
+from pgprune_core.interfaces import LoadedModel, ModelAdapter, ModelSource
+from pgprune_core.model import pruned_modeling
+from pgprune_core.model.pruned_modeling import import_object
+from pgprune_core.model.structure import (
+    AttentionSite,
+    LayerSite,
+    MlpSite,
+    ModelStructure,
+    ModuleNames,
+)
+from pgprune_core.plugin.registry import Registry, get_registry
+
+DTYPES: dict[str, torch.dtype] = {
+    "float32": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "float16": torch.float16,
+}
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
+    return lines[0] if lines else type(exc).__name__
+
+
+def load_model_config(name_or_path: str, *, revision: str | None = None,
+                      trust_remote_code: bool = False) -> Any:
+    """The transformers config of a hub id or local directory, or a one-line ModelError
+    that names the directory, file or id that failed."""
+    from transformers import AutoConfig
+
+    path = Path(name_or_path)
+    if path.is_dir() and not (path / "config.json").is_file():
+        raise ModelError(f"{path} has no config.json; is it a Hugging Face model directory?")
+    if not path.exists() and (name_or_path.startswith((".", "/", "~")) or name_or_path.count("/") > 1):
+        raise ModelError(f"model directory not found: {name_or_path}")
+    try:
+        return AutoConfig.from_pretrained(name_or_path, revision=revision,
+                                          trust_remote_code=trust_remote_code)
+    except Exception as exc:  # transformers raises OSError, ValueError, JSON errors, ...
+        where = path / "config.json" if path.is_dir() else f"hub id '{name_or_path}'"
+        raise ModelError(f"cannot read the model config from {where}: {_first_line(exc)}") from exc
+
+
+def adapter_for_config(model_config: Any, registry: Registry | None = None) -> str:
+    """The name of the adapter that handles ``model_config`` (a transformers config)."""
+    registry = registry or get_registry()
+    name = registry.resolve_adapter(model_config)
+    if name is None:
+        model_type = getattr(model_config, "model_type", None)
+        supported = ", ".join(registry.names("adapter")) or "(no adapter plugin installed)"
+        raise ModelError(f"model type {model_type!r} is not supported; supported: {supported}")
+    return name
+
+
+def resolve_adapter(name_or_path: str, *, registry: Registry | None = None,
+                    revision: str | None = None, trust_remote_code: bool = False) -> str:
+    """The adapter for a hub id or local directory, from its config alone."""
+    config = load_model_config(name_or_path, revision=revision,
+                               trust_remote_code=trust_remote_code)
+    try:
+        return adapter_for_config(config, registry)
+    except ModelError as exc:
+        raise ModelError(f"{name_or_path}: {exc}") from None
+
+
+class HFDecoderAdapter(ModelAdapter):
+    """Loads and describes a llama-family decoder (subclasses name the architecture)."""
+
+    #: dotted path of the transformers class, e.g. ``"transformers.LlamaForCausalLM"``
+    model_class: ClassVar[str]
+    #: attribute names of the blocks inside a decoder layer
+    names: ClassVar[ModuleNames] = ModuleNames()
+
+    def pruned_model_class(self) -> str:
+        return self.model_class
+
+    def check_config(self, model_config: Any) -> None:
+        """Refuse a config this adapter does not understand, naming what it does."""
+        if not self.handles(model_config):
+            model_type = getattr(model_config, "model_type", None)
+            raise ModelError(
+                f"adapter '{self.name}' does not handle model type {model_type!r}; "
+                f"supported: {', '.join(self.model_types)}"
+            )
+
+    # -- loading ----------------------------------------------------------------------
+    def load(self, source: ModelSource) -> LoadedModel:
+        """Model (eval mode, gradients off) and tokenizer of a hub id or local directory;
+        a directory saved by pgprune's ``save_pruned`` is rebuilt with its pruned shapes."""
+        from transformers import AutoTokenizer
+
+        name = source.name_or_path
+        config = load_model_config(name, revision=source.revision,
+                                   trust_remote_code=source.trust_remote_code)
+        self.check_config(config)
+        if source.dtype not in DTYPES:
+            raise ModelError(f"dtype must be one of {', '.join(DTYPES)}, got {source.dtype!r}")
+        kwargs: dict[str, Any] = {"config": config, "dtype": DTYPES[source.dtype],
+                                  "revision": source.revision,
+                                  "trust_remote_code": source.trust_remote_code}
+        device: torch.device | None = None
+        if source.device_map is not None:
+            if importlib.util.find_spec("accelerate") is None:
+                raise ModelError(f"device_map={source.device_map!r} needs the accelerate "
+                                 f"package: pip install accelerate")
+            kwargs["device_map"] = source.device_map
+        else:
+            try:
+                device = torch.device(source.device)
+            except RuntimeError as exc:
+                raise ModelError(f"invalid device {source.device!r}: {_first_line(exc)}") from exc
+        # a model pruned and saved by pgprune is rebuilt with its per-layer shapes
+        pruned = isinstance(getattr(config, pruned_modeling.SECTION, None), dict)
+        try:
+            cls = pruned_modeling.pruned_class(config) if pruned else import_object(self.model_class)
+            model = cls.from_pretrained(name, **kwargs)
+            if device is not None:
+                model = model.to(device)
+        except Exception as exc:  # missing/corrupt weights, unreachable hub, no CUDA, ...
+            raise ModelError(f"cannot load the model weights from {name}: {_first_line(exc)}") from exc
+        model.eval()
+        model.requires_grad_(False)
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(name, revision=source.revision,
+                                                      trust_remote_code=source.trust_remote_code)
+        except Exception as exc:
+            raise ModelError(f"cannot load the tokenizer from {name}: {_first_line(exc)}") from exc
+        return LoadedModel(model=model, tokenizer=tokenizer, source=source)
+
+    # -- describing -------------------------------------------------------------------
+    def describe_model(self, model: nn.Module) -> ModelStructure:
+        """Sites of every decoder layer; head counts and widths are read from the module
+        shapes (not the config), so an already pruned model is described as it is."""
+        config: Any = model.config
+        self.check_config(config)
+        names = self.names
+        try:
+            layer_list = cast(nn.ModuleList, model.get_submodule(names.layers))
+        except AttributeError as exc:
+            raise ModelError(f"adapter '{self.name}': the model has no '{names.layers}'") from exc
+        default_head_dim = getattr(config, "head_dim", None) or (
+            config.hidden_size // config.num_attention_heads)
+        layers = []
+        for index, layer in enumerate(layer_list):
+            attention = getattr(layer, names.attention)
+            mlp = getattr(layer, names.mlp)
+            q, k, v, o = (getattr(attention, n) for n in
+                          (names.q_proj, names.k_proj, names.v_proj, names.o_proj))
+            head_dim = int(getattr(attention, "head_dim", None) or default_head_dim)
+            gate, up, down = (getattr(mlp, n) for n in
+                              (names.gate_proj, names.up_proj, names.down_proj))
+            layers.append(LayerSite(
+                index=index,
+                module=layer,
+                attention=AttentionSite(
+                    layer=index, module=attention, q_proj=q, k_proj=k, v_proj=v, o_proj=o,
+                    n_heads=q.out_features // head_dim, n_kv_heads=k.out_features // head_dim,
+                    head_dim=head_dim,
+                ),
+                mlp=MlpSite(layer=index, module=mlp, gate_proj=gate, up_proj=up,
+                            down_proj=down, intermediate_size=gate.out_features),
+            ))
+        return ModelStructure(model=model, layers=layers, layer_list=layer_list,
+                              hidden_size=int(config.hidden_size), names=names,
+                              architecture=self.name)

@@ -1,0 +1,145 @@
+"""Evaluating masked models: many masks in one batched forward, no weight copied.
+
+The policy-gradient step needs the loss of the model under ``N`` sampled masks.  Instead of
+``N`` forwards (or ``N`` copies of the weights), the batch is repeated ``N`` times and every
+row carries its own mask: hooks scale activations per row (channels, heads) and masked layers
+become the identity per row (layers).  :func:`apply_masks` installs that for any combination
+of granularities; :class:`LossOracle` is what estimators call: ``losses`` (forward only, under
+``torch.inference_mode``) and ``loss`` (differentiable in soft masks, for Gumbel-softmax).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+import torch
+from torch import nn
+
+from pgprune_core.interfaces import Granularity, Handle
+from pgprune_core.model.structure import ModelStructure, UnitLayout
+
+#: upper bound on the elements of the temporaries of one cross-entropy chunk (64 MiB fp32)
+_CE_CHUNK_ELEMENTS = 1 << 24
+
+
+@contextlib.contextmanager
+def apply_masks(
+    structure: ModelStructure,
+    layout: UnitLayout,
+    granularities: Mapping[str, Granularity],
+    row_masks: torch.Tensor,
+) -> Iterator[None]:
+    """Within the block, forward passes of ``structure.model`` use ``row_masks``
+    (``[rows, len(layout)]``, hard or soft; row ``r`` masks input row ``r``).
+
+    Every kind of the layout installs its part; everything is removed on exit, also when
+    the block raises.  All-ones parts install nothing (the dense forward, bit for bit).
+    """
+    if row_masks.dim() != 2 or row_masks.shape[1] != len(layout):
+        raise ValueError(f"row_masks must be [rows, {len(layout)}], got {list(row_masks.shape)}")
+    parts = layout.split(row_masks)
+    handles: list[Handle] = []
+    try:
+        for kind in layout.kinds:
+            handles.extend(granularities[kind].install(structure, layout[kind], parts[kind]))
+        yield
+    finally:
+        for handle in reversed(handles):
+            handle.remove()
+
+
+def token_nll_sums(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    """Per row, the summed next-token negative log-likelihood: ``[R, T, V], [R, T] -> [R]``.
+
+    ``logsumexp - logit[target]`` over chunks of rows, so that no full-vocabulary copy of
+    the logits (a ``log_softmax`` or a float32 up-cast) is ever held beyond one chunk.
+    """
+    n_rows, length, vocab = logits.shape
+    targets = tokens[:, 1:].to(logits.device).unsqueeze(-1)
+    step = max(1, _CE_CHUNK_ELEMENTS // max(1, (length - 1) * vocab))
+    sums = []
+    for start in range(0, n_rows, step):
+        chunk = logits[start:start + step, :-1]
+        lse = torch.logsumexp(chunk.float(), dim=-1)
+        picked = chunk.gather(-1, targets[start:start + step]).squeeze(-1).float()
+        sums.append((lse - picked).sum(dim=-1))
+    return torch.cat(sums)
+
+
+class LossOracle:
+    """Losses of masked models on a batch, for the estimators.
+
+    ``losses(batch [B, T], masks [N, n]) -> [N]``: per mask, the mean next-token cross-entropy
+    over all ``B * (T - 1)`` predicted tokens, all masks in one forward of the batch repeated
+    ``N`` times (rows mask-major: row ``r`` belongs to mask ``r // B``), split into chunks of at
+    most ``max_rows`` rows when set.  ``loss`` is the same, differentiable w.r.t. soft masks.
+
+    Counters: ``forward_passes`` (one per mask and batch), ``rows_evaluated`` (sequences run
+    through the model) and ``backward_passes`` (estimators call :meth:`count_backward` after
+    back-propagating through :meth:`loss`).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        structure: ModelStructure,
+        layout: UnitLayout,
+        granularities: Mapping[str, Granularity],
+        max_rows: int | None = None,
+    ) -> None:
+        if max_rows is not None and max_rows < 1:
+            raise ValueError(f"max_rows must be positive, got {max_rows}")
+        self.model: Any = model  # a transformers causal LM
+        self.structure = structure
+        self.layout = layout
+        self.granularities = dict(granularities)
+        self.max_rows = max_rows
+        self.forward_passes = 0
+        self.backward_passes = 0
+        self.rows_evaluated = 0
+        # the weights are never trained: gradients, when asked for, flow to the masks only
+        model.requires_grad_(False)
+
+    @property
+    def device(self) -> torch.device:
+        """Where input ids go: the device of the input embeddings (first stage of a
+        ``device_map`` model)."""
+        return self.model.get_input_embeddings().weight.device
+
+    def losses(self, batch: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+        """float32 [N]: forward only, no autograd."""
+        with torch.inference_mode():
+            return self._evaluate(batch, masks.detach())
+
+    def loss(self, batch: torch.Tensor, soft_masks: torch.Tensor) -> torch.Tensor:
+        """float32 [N], differentiable w.r.t. ``soft_masks`` (values in [0, 1])."""
+        with torch.enable_grad():
+            return self._evaluate(batch, soft_masks)
+
+    def count_backward(self, n: int = 1) -> None:
+        """Record ``n`` backward passes through the model (made by the caller)."""
+        self.backward_passes += n
+
+    def _evaluate(self, batch: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+        if batch.dim() != 2 or batch.shape[1] < 2:
+            raise ValueError(f"batch must be [B, T] token ids with T >= 2, got {list(batch.shape)}")
+        if masks.dim() != 2 or masks.shape[1] != len(self.layout):
+            raise ValueError(f"masks must be [N, {len(self.layout)}], got {list(masks.shape)}")
+        n_masks, (n_seq, length) = masks.shape[0], batch.shape
+        tokens = batch.to(self.device).repeat(n_masks, 1)
+        row_masks = masks.repeat_interleave(n_seq, dim=0)
+        n_rows = tokens.shape[0]
+        chunk = self.max_rows or n_rows
+        sums = []
+        for start in range(0, n_rows, chunk):
+            rows = slice(start, start + chunk)
+            with apply_masks(self.structure, self.layout, self.granularities, row_masks[rows]):
+                logits = self.model(input_ids=tokens[rows], use_cache=False).logits
+            sums.append(token_nll_sums(logits, tokens[rows]).to(masks.device))
+            del logits
+        self.forward_passes += n_masks
+        self.rows_evaluated += n_rows
+        per_mask = torch.cat(sums).view(n_masks, n_seq).sum(dim=1)
+        return per_mask / (n_seq * (length - 1))

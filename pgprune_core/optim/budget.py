@@ -1,0 +1,206 @@
+"""The pruning budget: which constraints the probabilities live under, and the final mask.
+
+A budget splits the prunable units into disjoint *groups*; in each group a share of the
+units (or of their parameters) must go.  The same groups define both halves of a run, so
+the feasible set the policy is optimised in and the mask that is finally cut agree:
+
+==========  =========================================  ========================================
+mode        groups (one constraint each)               what the rate counts
+==========  =========================================  ========================================
+per-type    one per granularity kind (authors' code)   units of that kind
+global      one over every unit (paper text, Eq. 3)    units, a head weighing as a channel
+params      one over every unit                        parameters (unit costs from the layout)
+local       one per (layer, kind) (Sect. 5.2 ablation) units of that kind in that layer
+==========  =========================================  ========================================
+
+Protected units (``--protect-layers``) stay in the denominator: "30 %" means 30 % of all
+units of the group, so the free units must give up more.  A constraint therefore covers the
+free units only, with capacity = keep budget - what the protected units already keep.  In
+``local`` mode a fully protected layer cannot lose its share, so every unprotected
+(layer, kind) group is pruned at the same raised rate ``rate * n_kind / n_free_kind``, which
+keeps the kind's overall rate (LLM-Pruner does the same for its protected blocks).  A
+kind with at most one unit per layer (the ``layer`` granularity) is a single ``local`` group:
+"the same rate in every layer" means nothing for it.
+
+Rounding (:meth:`Budget.final_mask`): with unit weights a group removes
+``round(target)`` units, rounding halves up (with a 1e-9 guard against the float error of
+``rate * n``); with ``params`` it removes the shortest prefix of lowest-score units whose
+cost reaches ``rate * total cost``, so the removed cost is at least the target and exceeds
+it by less than one unit's cost.  Ties in score are broken by position in the layout: the
+lower index is removed first.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+
+from pgprune_core.errors import ConfigError
+from pgprune_core.interfaces import Constraint
+from pgprune_core.model.structure import UnitLayout
+
+BudgetMode = Literal["per-type", "global", "params", "local"]
+BUDGET_MODES: tuple[str, ...] = ("per-type", "global", "params", "local")
+
+
+@dataclass(frozen=True)
+class _Group:
+    """One constraint's worth of units."""
+
+    label: str
+    free: torch.Tensor  # int64 [k], ascending layout indices of the unprotected units
+    weights: torch.Tensor  # float64 [k], unit weights or parameter costs (unnormalised)
+    remove: float  # weight the group must lose, in the same units as ``weights``
+
+
+def _round_half_up(x: float) -> int:
+    return math.floor(x + 0.5 + 1e-9)
+
+
+class Budget:
+    """The feasible set of the policy and the rule that turns scores into the final mask."""
+
+    def __init__(
+        self,
+        mode: BudgetMode,
+        layout: UnitLayout,
+        prune_rate: float,
+        protected: torch.Tensor | None = None,
+    ) -> None:
+        if mode not in BUDGET_MODES:
+            raise ConfigError(f"unknown budget {mode!r}; choose one of {', '.join(BUDGET_MODES)}")
+        if not 0.0 < prune_rate < 1.0:
+            raise ConfigError(f"the prune rate must lie in (0, 1), got {prune_rate}")
+        n = len(layout)
+        if protected is None:
+            protected = torch.zeros(n, dtype=torch.bool)
+        if protected.shape != (n,) or protected.dtype != torch.bool:
+            raise ValueError(f"protected must be a bool vector of length {n}")
+        self.mode: BudgetMode = mode
+        self.layout = layout
+        self.prune_rate = float(prune_rate)
+        self.protected = protected.clone()
+        self._groups = self._build_groups()
+
+    # -- groups -------------------------------------------------------------------------
+    def _weights(self) -> torch.Tensor:
+        if self.mode == "params":
+            return self.layout.cost.to(torch.float64)
+        return torch.ones(len(self.layout), dtype=torch.float64)
+
+    def _build_groups(self) -> list[_Group]:
+        weights, rate, free_mask = self._weights(), self.prune_rate, ~self.protected
+        kind_ids = self.layout.kind_ids()
+        if self.mode in ("global", "params"):
+            members = [("all", torch.ones(len(self.layout), dtype=torch.bool))]
+        else:
+            members = [(kind, kind_ids == i) for i, kind in enumerate(self.layout.kinds)]
+        for label, member in members:
+            self._check_feasible(label, weights, member)
+        if self.mode != "local":
+            return [
+                _Group(label, torch.nonzero(member & free_mask).flatten(),
+                       weights[member & free_mask], rate * float(weights[member].sum()))
+                for label, member in members if bool(member.any())
+            ]
+        groups = []
+        layers = self.layout.layer
+        for label, member in members:
+            n_kind, n_free = int(member.sum()), int((member & free_mask).sum())
+            if n_free == 0:
+                continue
+            kind_rate = rate * n_kind / n_free  # <= 1, checked above
+            kind_layers = layers[member]
+            if kind_layers.unique().numel() == kind_layers.numel():  # one unit per layer
+                splits = [(label, member)]
+            else:
+                splits = [(f"{label}@{int(layer)}", member & (layers == layer))
+                          for layer in kind_layers.unique().tolist()]
+            for sub_label, sub in splits:
+                free = torch.nonzero(sub & free_mask).flatten()
+                if free.numel():
+                    groups.append(_Group(sub_label, free, weights[free], kind_rate * free.numel()))
+        return groups
+
+    def _check_feasible(self, label: str, weights: torch.Tensor, member: torch.Tensor) -> None:
+        """The rate counts protected units too; refuse it when the free ones cannot pay."""
+        total = float(weights[member].sum())
+        free = float(weights[member & ~self.protected].sum())
+        need = self.prune_rate * total
+        if need > free * (1.0 + 1e-12):
+            unit = "parameters" if self.mode == "params" else "units"
+            what = "all prunable" if label == "all" else f"{label!r}"
+            raise ConfigError(
+                f"cannot prune {self.prune_rate:.1%} of {what} {unit}: {total:.0f} {unit}, "
+                f"{total - free:.0f} protected, so at most {free:.0f} "
+                f"({free / total if total else 0.0:.1%}) can go; "
+                f"protect fewer layers or lower the prune rate"
+            )
+
+    # -- the feasible set ---------------------------------------------------------------
+    def constraints(self) -> list[Constraint]:
+        """One constraint per group over its free units, disjoint.
+
+        Capacities are in expected kept units (or parameters).  ``params`` weights are
+        divided by the group's mean free cost, so they are O(1) like unit weights and the
+        projection's multiplier lives on the same scale in every mode.
+        """
+        out = []
+        for group in self._groups:
+            scale = float(group.weights.mean())
+            capacity = (float(group.weights.sum()) - group.remove) / scale
+            out.append(Constraint(group.free.clone(), group.weights / scale, max(capacity, 0.0)))
+        return out
+
+    # -- the final mask -----------------------------------------------------------------
+    def final_mask(self, scores: torch.Tensor) -> torch.Tensor:
+        """bool [n], True = keep: in every group the lowest-score free units go until the
+        group's target is met (module docstring: rounding and ties); protected units stay."""
+        if scores.shape != (len(self.layout),):
+            raise ValueError(f"expected scores of shape [{len(self.layout)}], got {tuple(scores.shape)}")
+        values = scores.detach().to(device="cpu", dtype=torch.float64)
+        if torch.isnan(values).any():
+            raise ValueError("scores contain NaN; cannot rank units")
+        keep = torch.ones(len(self.layout), dtype=torch.bool)
+        for group in self._groups:
+            order = torch.sort(values[group.free], stable=True).indices
+            if self.mode == "params":
+                # the feasibility check guarantees the full prefix reaches the target
+                removed_cost = torch.cumsum(group.weights[order], 0)
+                reached = removed_cost >= group.remove * (1.0 - 1e-12)
+                n_remove = int(reached.to(torch.int8).argmax()) + 1
+            else:
+                n_remove = min(_round_half_up(group.remove), order.numel())
+            keep[group.free[order[:n_remove]]] = False
+        return keep
+
+    def removed_fraction(self, keep: torch.Tensor) -> dict[str, float]:
+        """Removed share of each kind and of ``all`` units, in the budget's units
+        (parameters for ``params``, unit counts otherwise), protected units included in
+        the denominators: the number to compare with the requested rate."""
+        weights, removed = self._weights(), ~keep.to(torch.bool).cpu()
+        kind_ids = self.layout.kind_ids()
+        out = {}
+        for i, kind in enumerate(self.layout.kinds):
+            member = kind_ids == i
+            total = float(weights[member].sum())
+            out[kind] = float(weights[member & removed].sum()) / total if total else 0.0
+        total = float(weights.sum())
+        out["all"] = float(weights[removed].sum()) / total if total else 0.0
+        return out
+
+
+def protected_mask(layout: UnitLayout, n_layers: int, first: int, last: int) -> torch.Tensor:
+    """bool [n]: the units of the first ``first`` and the last ``last`` decoder layers
+    (``--protect-layers first,last``; LLM-Pruner and the paper use 4,2)."""
+    if first < 0 or last < 0:
+        raise ConfigError(f"--protect-layers needs counts >= 0, got {first},{last}")
+    if first + last >= n_layers and first + last > 0:
+        raise ConfigError(
+            f"--protect-layers {first},{last} protects all {n_layers} layers; nothing left to prune"
+        )
+    layers = list(range(first)) + list(range(n_layers - last, n_layers))
+    return layout.protected(layers)

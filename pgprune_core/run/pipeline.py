@@ -1,0 +1,497 @@
+"""One pgprune run, end to end (DESIGN.md §4), resumable.
+
+    config -> adapter.load -> sites -> granularities -> units (layout, costs)
+    calibration stream -> initializer -> s0 -> projector
+    loop: batch -> estimator.step (sample, oracle.losses, update, project)   [checkpointed]
+    final mask -> surgery -> saved model -> evaluators -> metrics.json, report.md, plots
+
+Phases whose results are saved (dense metrics, initial scores, the policy checkpoint) are
+not repeated by ``pgprune resume``.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from pgprune_core.config.sections import RunConfig
+from pgprune_core.demo import apply_demo_defaults
+from pgprune_core.errors import ConfigError, RunDirError
+from pgprune_core.evaluation.memory import PeakMemory
+from pgprune_core.interfaces import EvalContext, Granularity, InitContext, ModelSource
+from pgprune_core.model.structure import ModelStructure, UnitLayout
+from pgprune_core.optim.budget import Budget, protected_mask
+from pgprune_core.optim.checkpoint import LoopState, load_checkpoint
+from pgprune_core.optim.loop import OptimisationLoop, Stage
+from pgprune_core.optim.policy import BernoulliPolicy
+from pgprune_core.plugin.registry import Registry, get_registry
+from pgprune_core.report.progress import Reporter, SilentReporter
+from pgprune_core.run.artifacts import atomic_write_json
+from pgprune_core.run.rundir import RunDir, config_digest
+
+#: calibration segments when neither --steps nor data.n_segments says (the paper: 120k)
+PAPER_SEGMENTS = 120_000
+
+
+@dataclass
+class RunResult:
+    run_dir: Path
+    metrics: dict[str, Any]
+
+
+@dataclass
+class Prepared:
+    """What every phase needs: the model and its description."""
+
+    adapter_name: str
+    loaded: Any
+    structure: ModelStructure
+    granularities: dict[str, Granularity]
+    layout: UnitLayout
+    budget: Budget
+    protected: torch.Tensor
+    device: torch.device
+    #: layers of the dense model (surgery may drop some from ``structure``)
+    n_layers: int
+
+
+def default_run_dir(config: RunConfig) -> Path:
+    model = Path(config.model.name_or_path or "demo").name or "model"
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    rate = round(config.pruning.prune_rate * 100)
+    return Path("runs") / f"{model}-{config.estimator.name}-{rate}pct-{stamp}"
+
+
+def load_model(config: RunConfig, registry: Registry, reporter: Reporter) -> tuple[str, Any]:
+    """Resolve the adapter (explicit or from the model's config) and load model + tokenizer."""
+    from pgprune_core.model.hf_adapter import resolve_adapter
+
+    name_or_path = config.model.name_or_path
+    if name_or_path is None:
+        from pgprune_core.demo import ensure_demo_model
+
+        name_or_path = str(ensure_demo_model(reporter=reporter))
+    adapter_name = config.model.adapter or resolve_adapter(
+        name_or_path, registry=registry, revision=config.model.revision,
+        trust_remote_code=config.model.trust_remote_code)
+    adapter = registry.cls("adapter", adapter_name)()
+    reporter.phase(f"loading {name_or_path} with adapter '{adapter_name}'")
+    loaded = adapter.load(
+        ModelSource(
+            name_or_path=name_or_path,
+            dtype=config.model.dtype,
+            device=config.model.device,
+            device_map=config.model.device_map,
+            revision=config.model.revision,
+            trust_remote_code=config.model.trust_remote_code,
+        )
+    )
+    return adapter_name, loaded
+
+
+def prepare(config: RunConfig, registry: Registry, reporter: Reporter) -> Prepared:
+    adapter_name, loaded = load_model(config, registry, reporter)
+    adapter = registry.cls("adapter", adapter_name)()
+    structure = adapter.describe_model(loaded.model)
+    granularities: dict[str, Granularity] = {}
+    for kind in config.pruning.granularity:
+        cls = registry.cls("granularity", kind)
+        granularities[kind] = cls()
+    layout = UnitLayout([g.units(structure) for g in granularities.values()])
+    first, last = config.pruning.protect_layers
+    if first + last >= structure.n_layers:
+        raise ConfigError(
+            f"--protect-layers {first},{last} protects all {structure.n_layers} layers; "
+            f"nothing is left to prune"
+        )
+    protected = protected_mask(layout, structure.n_layers, first, last)
+    budget = Budget(config.pruning.budget, layout, config.pruning.prune_rate, protected)
+    device = next(loaded.model.parameters()).device
+    return Prepared(adapter_name, loaded, structure, granularities, layout, budget, protected, device,
+                    structure.n_layers)
+
+
+def calibration_tokens(config: RunConfig, tokenizer: Any, reporter: Reporter) -> torch.Tensor:
+    from pgprune_core.data import calibration_source, tokenize_source
+
+    source = calibration_source(config.data)
+    reporter.phase(f"tokenizing calibration corpus '{source.name}'")
+    return tokenize_source(source, tokenizer, cache_dir=config.data.cache_dir)
+
+
+def build_stream(config: RunConfig, tokens: torch.Tensor, total_steps_hint: int | None) -> Any:
+    """The loop's calibration stream: ``n_segments`` windows of ``data.seq_len`` tokens."""
+    from pgprune_core.data import CalibrationStream
+
+    if config.data.n_segments is not None:
+        n_segments = config.data.n_segments
+    elif total_steps_hint is not None:
+        n_segments = max(1, total_steps_hint) * config.training.batch_size
+    else:
+        n_segments = PAPER_SEGMENTS
+    return CalibrationStream(
+        tokens,
+        seq_len=config.data.seq_len,
+        batch_size=config.training.batch_size,
+        n_segments=n_segments,
+        seed=config.training.seed,
+        sampling=config.data.sampling,
+    )
+
+
+def calibration_batches(config: RunConfig, tokens: torch.Tensor):  # type: ignore[no-untyped-def]
+    """``fn(n_sequences, seq_len)`` for initializers: exactly ``n_sequences`` deterministic
+    windows of the same text, in batches of at most ``training.batch_size`` rows."""
+    from pgprune_core.data import CalibrationStream
+
+    def batches(n_sequences: int, seq_len: int) -> Any:
+        batch_size = min(config.training.batch_size, n_sequences)
+        stream = CalibrationStream(
+            tokens, seq_len=seq_len, batch_size=batch_size, n_segments=n_sequences,
+            seed=config.training.seed, sampling=config.data.sampling,
+        )
+        return iter(stream.windows().split(batch_size))
+
+    return batches
+
+
+def plan_stages(config: RunConfig, prep: Prepared, steps_per_epoch: int) -> list[Stage]:
+    """The fixed-rate schedule, or Random-Progressive's increasing rates (paper A.12)."""
+    target = config.pruning.prune_rate
+    training = config.training
+    if training.schedule == "fixed":
+        rates = [target]
+    else:
+        rates = []
+        rate = training.progressive_start
+        while rate < target - 1e-9:
+            rates.append(round(rate, 6))
+            rate += training.progressive_step
+        rates.append(target)
+    if training.steps is not None:
+        base, extra = divmod(training.steps, len(rates))
+        steps = [base + (1 if i >= len(rates) - extra else 0) for i in range(len(rates))]
+    elif training.schedule == "fixed":
+        steps = [math.ceil(training.epochs * steps_per_epoch)]
+    else:
+        steps = [math.ceil(training.progressive_stage_epochs * steps_per_epoch)] * len(rates)
+    stages = []
+    for rate, n in zip(rates, steps, strict=True):
+        budget = Budget(config.pruning.budget, prep.layout, rate, prep.protected)
+        reference = n if training.schedule == "fixed" else round(n / training.progressive_stage_epochs)
+        stages.append(Stage(rate=rate, steps=n, constraints=budget.constraints(),
+                            reference_steps=max(1, reference)))
+    return stages
+
+
+def evaluate(config: RunConfig, model: Any, tokenizer: Any, label: str, registry: Registry,
+             reporter: Reporter, reference: dict[str, Any] | None = None,
+             model_path: Path | None = None) -> dict[str, Any]:
+    from pgprune_core.data import eval_sources
+
+    datasets = eval_sources(config.data)
+    metrics: dict[str, Any] = {"params": sum(p.numel() for p in model.parameters())}
+    device = next(model.parameters()).device
+    for entry in config.evaluation.evaluators:
+        reporter.phase(f"evaluating the {label} model: {entry.name}")
+        evaluator = registry.cls("evaluator", entry.name)(entry)
+        result = evaluator.evaluate(
+            EvalContext(
+                model=model, tokenizer=tokenizer, device=device, label=label, datasets=datasets,
+                seq_len=config.evaluation.seq_len, batch_size=config.evaluation.batch_size,
+                seed=config.training.seed, reference=reference, model_path=model_path,
+                reporter=reporter,
+            )
+        )
+        metrics.update(result)
+    return metrics
+
+
+def evaluate_dense(config: RunConfig, prep: Prepared, registry: Registry,
+                   reporter: Reporter) -> dict[str, Any]:
+    """The unpruned model's metrics (its directory, when it has one, for size on disk).
+    ``pgprune compare`` calls it once for all its cells."""
+    source = Path(prep.loaded.source.name_or_path)
+    return evaluate(config, prep.loaded.model, prep.loaded.tokenizer, "dense", registry, reporter,
+                    model_path=source if source.is_dir() else None)
+
+
+def initial_scores(config: RunConfig, prep: Prepared, tokens: torch.Tensor, oracle: Any,
+                   registry: Registry, reporter: Reporter) -> torch.Tensor:
+    init_cls = registry.cls("initializer", config.init.name)
+    unsupported = [k for k in prep.layout.kinds if k not in init_cls.kinds]
+    if unsupported:
+        raise ConfigError(
+            f"initializer '{config.init.name}' cannot score {', '.join(unsupported)} units; "
+            f"it scores: {', '.join(sorted(init_cls.kinds))}"
+        )
+    initializer = init_cls(config.init)
+    reporter.phase(f"scoring {len(prep.layout)} units with '{config.init.name}'")
+
+    scores = initializer.scores(
+        InitContext(
+            model=prep.loaded.model, structure=prep.structure, layout=prep.layout,
+            granularities=prep.granularities, device=prep.device, seed=config.training.seed,
+            calibration=calibration_batches(config, tokens), oracle=oracle,
+        )
+    )
+    if scores.shape != (len(prep.layout),) or not torch.isfinite(scores).all():
+        raise RuntimeError(f"initializer '{config.init.name}' returned invalid scores {tuple(scores.shape)}")
+    return scores.to(torch.float64)
+
+
+def to_probabilities(config: RunConfig, prep: Prepared, scores: torch.Tensor, rate: float) -> torch.Tensor:
+    from pgprune_core.initializers.transforms import score_const, sigmoid_norm
+
+    free = ~prep.protected
+    budget = Budget(config.pruning.budget, prep.layout, rate, prep.protected)
+    if config.init.transform == "score-const":
+        return score_const(scores, budget.final_mask, config.init.const)
+    return sigmoid_norm(scores, prep.layout, 1.0 - rate, free)
+
+
+def run_pipeline(config: RunConfig, reporter: Reporter | None = None, *,
+                 resume: Path | None = None, registry: Registry | None = None) -> RunResult:
+    """Run (or, with ``resume``, continue) one pruning run; returns its metrics."""
+    config = apply_demo_defaults(config)
+    threads = torch.get_num_threads()
+    if config.training.threads is not None:
+        torch.set_num_threads(config.training.threads)
+    try:
+        return _run(config, reporter or SilentReporter(), resume, registry or get_registry())
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _run(config: RunConfig, reporter: Reporter, resume: Path | None, registry: Registry) -> RunResult:
+    wall_start = time.perf_counter()
+    run = RunDir(resume if resume is not None else Path(config.output.dir or default_run_dir(config)))
+    if resume is None:
+        run.create(config, overwrite=config.output.overwrite)
+        previous_wall = 0.0
+    else:
+        marker = run.read_marker()
+        previous_wall = float(marker.get("wall_s", 0.0))
+        if marker.get("status") == "done" and run.metrics.exists():
+            reporter.message(f"{run.path} is already finished; nothing to do")
+            import json
+
+            return RunResult(run.path, json.loads(run.metrics.read_text()))
+    digest = config_digest(config)
+    torch.manual_seed(config.training.seed)
+    if config.training.schedule == "random-progressive" and config.init.name != "random":
+        reporter.message(
+            f"note: Random-Progressive starts from the initializer's scores ('{config.init.name}');"
+            " the paper's Random-Progressive starts from random ones (--init random)"
+        )
+
+    prep = prepare(config, registry, reporter)
+    model, tokenizer = prep.loaded.model, prep.loaded.tokenizer
+
+    # dense metrics (saved, so a resumed run does not measure them again)
+    dense: dict[str, Any] = {"params": sum(p.numel() for p in model.parameters())}
+    if run.dense_metrics.exists():
+        import json
+
+        dense = json.loads(run.dense_metrics.read_text())
+    elif config.evaluation.dense:
+        dense = evaluate_dense(config, prep, registry, reporter)
+        atomic_write_json(run.dense_metrics, dense)
+
+    estimator = registry.cls("estimator", config.estimator.name)(config.estimator)
+    projector = registry.cls("projector", config.projector.name)(config.projector)
+    from pgprune_core.model.masking import LossOracle
+
+    oracle = LossOracle(model, prep.structure, prep.layout, prep.granularities,
+                        max_rows=config.training.max_rows)
+
+    checkpoint = None
+    if resume is not None and run.checkpoint.exists():
+        checkpoint = load_checkpoint(run.checkpoint)
+        if checkpoint.config_digest != digest:
+            raise RunDirError(f"{run.checkpoint} belongs to another configuration than {run.config}")
+        if checkpoint.probs.shape != (len(prep.layout),):
+            raise RunDirError(f"{run.checkpoint} does not match the model's {len(prep.layout)} units")
+
+    tokens = calibration_tokens(config, tokenizer, reporter)
+    stream = build_stream(config, tokens, config.training.steps if estimator.optimises else 0)
+
+    with PeakMemory(prep.device) as peak:
+        # initial scores (saved: random-progressive and resume reuse them)
+        if run.scores.exists():
+            scores = torch.load(run.scores, weights_only=True)
+        else:
+            scores = initial_scores(config, prep, tokens, oracle, registry, reporter)
+            from pgprune_core.run.artifacts import atomic_path
+
+            with atomic_path(run.scores) as tmp:
+                torch.save(scores, tmp)
+
+        state = LoopState()
+        if estimator.optimises:
+            stages = plan_stages(config, prep, stream.steps_per_epoch)
+            generator = torch.Generator().manual_seed(config.training.seed)
+            if checkpoint is not None:
+                policy = BernoulliPolicy(checkpoint.probs.to(torch.float64), fixed=checkpoint.fixed)
+                generator.set_state(checkpoint.generator_state)
+                state = checkpoint.state
+                run.truncate_log(state.step)
+                reporter.phase(f"resuming at step {state.step} of {sum(s.steps for s in stages)}")
+            else:
+                s0 = to_probabilities(config, prep, scores, stages[0].rate)
+                policy = BernoulliPolicy(s0, fixed=prep.protected)
+                run.metrics_log.unlink(missing_ok=True)
+            if not state.finished:
+                loop = OptimisationLoop(
+                    policy=policy, estimator=estimator, projector=projector, stages=stages,
+                    batch_at=stream.batch, oracle=oracle, generator=generator,
+                    checkpoint_path=run.checkpoint, metrics_path=run.metrics_log,
+                    config_digest=digest, checkpoint_every=config.training.checkpoint_every,
+                    log_every=config.training.log_every, reporter=reporter,
+                )
+                state = loop.run(state, estimator_state=checkpoint.estimator if checkpoint else None)
+            final_scores = policy.probs
+        else:
+            final_scores = scores
+            state.finished = True
+    keep = prep.budget.final_mask(final_scores)
+    run.write_marker(status="optimised")
+
+    pruning = finalize_model(config, prep, keep, final_scores, run, reporter)
+    pruned = evaluate(config, model, tokenizer, "pruned", registry, reporter, reference=dense,
+                      model_path=run.model if config.output.save_model else None)
+    wall = previous_wall + (time.perf_counter() - wall_start)
+    metrics = {
+        "dense": dense,
+        "pruned": pruned,
+        "pruning": pruning,
+        "run": {
+            "steps": state.step,
+            "forward_passes": state.forward_passes,
+            "backward_passes": state.backward_passes,
+            "skipped_steps": state.skipped_steps,
+            "optimize_s": round(state.optimize_s, 3),
+            "wall_s": round(wall, 3),
+            "peak_memory_bytes": int(peak.peak_bytes),
+            # what was held when the measured block began (model, data): the peak minus it
+            # is what the optimisation itself added (``pgprune compare`` reports both)
+            "peak_memory_start_bytes": int(peak.start_bytes),
+            "peak_memory_method": peak.method,
+            "device": str(prep.device),
+            "adapter": prep.adapter_name,
+            "estimator": config.estimator.name,
+            "init": config.init.name,
+            "seed": config.training.seed,
+        },
+    }
+    write_outputs(config, prep, keep, metrics, run)
+    run.write_marker(status="done", wall_s=round(wall, 3))
+    reporter.message(summary(metrics, run.path))
+    return RunResult(run.path, metrics)
+
+
+def finalize_model(config: RunConfig, prep: Prepared, keep: torch.Tensor, probs: torch.Tensor,
+                   run: RunDir, reporter: Reporter) -> dict[str, Any]:
+    """Cut the model physically, save it and ``masks.json``; return the pruning summary."""
+    from pgprune_core.model.accounting import removed_params
+    from pgprune_core.model.surgery import prune_model, save_pruned
+
+    model = prep.loaded.model
+    params_before = sum(p.numel() for p in model.parameters())
+    prunable = int(prep.layout.cost.sum())
+    removed_expected = removed_params(prep.layout, keep)
+    masks = masks_document(config, prep, keep, probs)
+    atomic_write_json(run.masks, masks)
+    reporter.phase("removing pruned units")
+    prune_model(prep.structure, prep.layout, prep.granularities, keep)
+    params_after = sum(p.numel() for p in model.parameters())
+    if params_before - params_after != removed_expected:
+        raise RuntimeError(
+            f"surgery removed {params_before - params_after} parameters, accounting expected "
+            f"{removed_expected}"
+        )
+    if config.output.save_model:
+        reporter.phase(f"saving the pruned model to {run.model}")
+        save_pruned(
+            model, prep.loaded.tokenizer, run.model, adapter_name=prep.adapter_name,
+            base_model=prep.loaded.source.name_or_path,
+            extra={"prune_rate": config.pruning.prune_rate, "budget": config.pruning.budget,
+                   "granularity": list(config.pruning.granularity),
+                   "estimator": config.estimator.name, "init": config.init.name},
+        )
+    kinds = prep.layout.kinds
+    return {
+        "rate": config.pruning.prune_rate,
+        "budget": config.pruning.budget,
+        "granularity": kinds,
+        "protect_layers": list(config.pruning.protect_layers),
+        "prunable_params": prunable,
+        "params_removed": int(removed_expected),
+        "prunable_params_removed": removed_expected / prunable if prunable else 0.0,
+        "total_params_removed": removed_expected / params_before,
+        "units_kept": {k: int(v.sum()) for k, v in prep.layout.split(keep).items()},
+        "units_total": {k: len(prep.layout[k]) for k in kinds},
+    }
+
+
+def masks_document(config: RunConfig, prep: Prepared, keep: torch.Tensor, probs: torch.Tensor) -> dict[str, Any]:
+    """``masks.json``: per kind, the units' layer and index, keep flags and probabilities."""
+    doc: dict[str, Any] = {
+        "format": "pgprune-masks/1",
+        "rate": config.pruning.prune_rate,
+        "budget": config.pruning.budget,
+        "n_layers": prep.n_layers,
+        "kinds": {},
+    }
+    keep_parts = prep.layout.split(keep)
+    prob_parts = prep.layout.split(probs.to(torch.float64))
+    for unit_set in prep.layout:
+        doc["kinds"][unit_set.kind] = {
+            "layer": unit_set.layer.tolist(),
+            "index": unit_set.index.tolist(),
+            "cost": unit_set.cost.tolist(),
+            "keep": [int(v) for v in keep_parts[unit_set.kind].tolist()],
+            "probs": [round(float(v), 6) for v in prob_parts[unit_set.kind].tolist()],
+        }
+    return doc
+
+
+def write_outputs(config: RunConfig, prep: Prepared, keep: torch.Tensor, metrics: dict[str, Any],
+                  run: RunDir) -> None:
+    from pgprune_core.report.markdown import write_report
+    from pgprune_core.report.plots import plot_loss, plot_sparsity
+
+    atomic_write_json(run.metrics, metrics)
+    plot_sparsity(
+        kinds=[prep.layout.kinds[i] for i in prep.layout.kind_ids().tolist()],
+        layers=prep.layout.layer.tolist(),
+        keep=keep.tolist(),
+        n_layers=prep.n_layers,
+        path=run.sparsity_plot,
+        title=f"{config.estimator.name}, {config.pruning.prune_rate:.0%} {config.pruning.budget}",
+    )
+    if run.metrics_log.exists() and run.metrics_log.stat().st_size:
+        plot_loss(run.metrics_log, run.loss_plot)
+    write_report(run.report, metrics, config)
+
+
+def summary(metrics: dict[str, Any], path: Path) -> str:
+    dense, pruned = metrics["dense"], metrics["pruned"]
+    lines = [f"done: {path}"]
+    lines.append(
+        f"  params {dense['params']:,} -> {pruned['params']:,} "
+        f"({1 - pruned['params'] / dense['params']:.1%} removed)"
+    )
+    for name, value in (pruned.get("ppl") or {}).items():
+        before = (dense.get("ppl") or {}).get(name)
+        lines.append(f"  perplexity {name}: {before:.2f} -> {value:.2f}" if before else
+                     f"  perplexity {name}: {value:.2f}")
+    run = metrics["run"]
+    lines.append(f"  {run['steps']} steps, optimise {run['optimize_s']:.1f}s, wall {run['wall_s']:.1f}s")
+    lines.append(f"  model: {path / 'model'}  report: {path / 'report.md'}  plot: {path / 'sparsity.png'}")
+    return "\n".join(lines)
