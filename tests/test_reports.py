@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from pgprune_core.config.resolve import resolve_config
-from pgprune_core.report.markdown import comparison_rows, render_report, write_report
+from pgprune_core.report.markdown import comparison_rows, render_report
+from pgprune_core.run.rundir import RunDir
 
 METRICS = {
     "dense": {
@@ -51,7 +52,7 @@ def test_rows_cover_known_and_third_party_metrics():
 def test_report_sections_and_images(tmp_path):
     config = resolve_config(None, {"data.calib_slice": "1800:2000", "estimator.name": "none"})
     (tmp_path / "sparsity.png").write_bytes(b"png")
-    path = write_report(tmp_path / "report.md", METRICS, config)
+    path = RunDir(tmp_path).write_report(METRICS, config)
     text = path.read_text()
     assert text.startswith("# pgprune report")
     assert "| metric | dense | pruned | pruned / dense |" in text

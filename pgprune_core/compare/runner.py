@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shutil
 import signal
 import subprocess
 import sys
@@ -196,9 +195,8 @@ def seed_cell(cell: Cell, files: SharedFiles) -> None:
     if not run.marker.exists():
         run.create(cell.config, overwrite=False)
     for source, target in ((files.dense, run.dense_metrics), (files.scores, run.scores)):
-        if source is not None and not target.exists():
-            with atomic_path(target) as tmp:
-                shutil.copyfile(source, tmp)
+        if source is not None:
+            run.adopt(source, target)
 
 
 def _last_step(metrics_log: Path) -> int | None:

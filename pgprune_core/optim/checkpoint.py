@@ -1,20 +1,20 @@
 """Checkpoints of the optimisation loop: everything needed to continue bit-identically.
 
-Saved with ``torch.save`` and read with ``torch.load(weights_only=True)``, so a checkpoint
-holds only tensors, numbers, strings, lists and dicts (never pickled objects).  Written
-atomically: a killed process leaves either the previous checkpoint or the new one.
+This module turns a :class:`Checkpoint` into plain tensors, numbers, strings, lists and dicts
+and back (never pickled objects); the run directory writes them with ``torch.save``,
+atomically, and reads them with ``torch.load(weights_only=True)``
+(:meth:`pgprune_core.run.rundir.RunDir.save_checkpoint`).
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from pgprune_core.errors import RunDirError
-from pgprune_core.run.artifacts import atomic_path
 
 FORMAT = "pgprune-checkpoint/1"
 
@@ -33,7 +33,6 @@ class LoopState:
     backward_passes: int = 0
     skipped_steps: int = 0
     finished: bool = False
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -46,8 +45,9 @@ class Checkpoint:
     config_digest: str
 
 
-def save_checkpoint(path: Path, ckpt: Checkpoint) -> None:
-    payload = {
+def checkpoint_payload(ckpt: Checkpoint) -> dict[str, Any]:
+    """The plain tensors and dicts ``torch.save`` writes (readable with ``weights_only``)."""
+    return {
         "format": FORMAT,
         "state": asdict(ckpt.state),
         "probs": ckpt.probs.detach().cpu().clone(),
@@ -56,23 +56,16 @@ def save_checkpoint(path: Path, ckpt: Checkpoint) -> None:
         "estimator": ckpt.estimator,
         "config_digest": ckpt.config_digest,
     }
-    with atomic_path(path) as tmp:
-        torch.save(payload, tmp)
 
 
-def load_checkpoint(path: Path) -> Checkpoint:
-    """Read a checkpoint without unpickling arbitrary objects; one-line errors."""
-    if not path.is_file():
-        raise RunDirError(f"no checkpoint at {path}")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise RunDirError(f"checkpoint {path} is corrupt or not a pgprune checkpoint: {reason}") from None
+def checkpoint_from_payload(payload: Any, path: Path) -> Checkpoint:
+    """The checkpoint ``torch.load`` read from ``path``; one-line errors naming the file."""
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise RunDirError(f"checkpoint {path} is not a {FORMAT} file")
     try:
-        state = LoopState(**payload["state"])
+        known = {f.name for f in fields(LoopState)}
+        # checkpoints of earlier versions carry an always-empty ``extra`` entry
+        state = LoopState(**{k: v for k, v in payload["state"].items() if k in known})
         return Checkpoint(
             state=state,
             probs=payload["probs"],

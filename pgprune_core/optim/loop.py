@@ -12,7 +12,6 @@ uninterrupted one.
 
 from __future__ import annotations
 
-import json
 import math
 import signal
 import threading
@@ -22,13 +21,13 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 
 from pgprune_core.errors import Interrupted
 from pgprune_core.interfaces import Estimator, Projector, StepContext
-from pgprune_core.optim.checkpoint import Checkpoint, LoopState, save_checkpoint
+from pgprune_core.optim.checkpoint import Checkpoint, LoopState
 from pgprune_core.report.progress import Reporter, SilentReporter
 
 
@@ -72,6 +71,19 @@ def graceful_stop() -> Iterator[StopRequest]:
             signal.signal(sig, old)
 
 
+class LoopSink(Protocol):
+    """Where the loop's results go: the run directory (:class:`pgprune_core.run.rundir.RunDir`)
+    implements it; the loop itself writes no file."""
+
+    path: Path
+
+    def save_checkpoint(self, checkpoint: Checkpoint) -> None:
+        """Replace the checkpoint with this one (atomically)."""
+
+    def append_record(self, record: dict[str, Any]) -> None:
+        """Append one step's record to the metrics log."""
+
+
 class OptimisationLoop:
     def __init__(
         self,
@@ -83,8 +95,7 @@ class OptimisationLoop:
         batch_at: Callable[[int], torch.Tensor],
         oracle: Any,
         generator: torch.Generator,
-        checkpoint_path: Path,
-        metrics_path: Path,
+        sink: LoopSink,
         config_digest: str,
         checkpoint_every: int,
         log_every: int,
@@ -97,8 +108,7 @@ class OptimisationLoop:
         self.batch_at = batch_at
         self.oracle = oracle
         self.generator = generator
-        self.checkpoint_path = checkpoint_path
-        self.metrics_path = metrics_path
+        self.sink = sink
         self.config_digest = config_digest
         self.checkpoint_every = checkpoint_every
         self.log_every = log_every
@@ -109,8 +119,7 @@ class OptimisationLoop:
         return sum(stage.steps for stage in self.stages)
 
     def checkpoint(self, state: LoopState) -> None:
-        save_checkpoint(
-            self.checkpoint_path,
+        self.sink.save_checkpoint(
             Checkpoint(
                 state=state,
                 probs=self.policy.probs,
@@ -120,10 +129,6 @@ class OptimisationLoop:
                 config_digest=self.config_digest,
             ),
         )
-
-    def _log(self, record: dict[str, Any]) -> None:
-        with self.metrics_path.open("a", encoding="utf-8") as handle:
-            handle.write(json.dumps(record) + "\n")
 
     def run(self, state: LoopState, *, estimator_state: dict[str, Any] | None = None) -> LoopState:
         """Continue from ``state`` (a fresh one or a checkpoint's) to the end."""
@@ -170,14 +175,14 @@ class OptimisationLoop:
                         record = self._record(state, stage, stats)
                         self.reporter.loop_update(state.step, record)
                         if state.step % self.log_every == 0 or state.stage_step == stage.steps:
-                            self._log(record)
+                            self.sink.append_record(record)
                         if state.step % self.checkpoint_every == 0 or stop:
                             self.checkpoint(state)
                         if stop:
                             raise Interrupted(
                                 f"stopped by signal {stop.signal} after step {state.step} "
                                 f"of {self.total_steps}; the checkpoint is saved, continue "
-                                f"with: pgprune resume {self.checkpoint_path.parent}"
+                                f"with: pgprune resume {self.sink.path}"
                             )
                     state.stage += 1
                     state.stage_step = 0

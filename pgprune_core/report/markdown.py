@@ -12,11 +12,9 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from pgprune_core.evaluation.efficiency import peak_memory_comparable
-from pgprune_core.run.artifacts import atomic_write_text
 
 Side = Mapping[str, Any]
 
@@ -276,10 +274,3 @@ def render_report(metrics: Mapping[str, Any], config: Any = None,
 
 #: pictures a run directory may hold, embedded in report.md when present
 RUN_IMAGES = (("pruned fraction per layer", "sparsity.png"), ("optimisation", "loss.png"))
-
-
-def write_report(path: str | Path, metrics: Mapping[str, Any], config: Any = None) -> Path:
-    """Write ``report.md`` at ``path`` atomically; embeds the run's plots that exist beside it."""
-    path = Path(path)
-    images = [(alt, name) for alt, name in RUN_IMAGES if (path.parent / name).exists()]
-    return atomic_write_text(path, render_report(metrics, config, images))

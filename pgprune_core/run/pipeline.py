@@ -26,12 +26,11 @@ from pgprune_core.evaluation.memory import PeakMemory
 from pgprune_core.interfaces import EvalContext, Granularity, InitContext, ModelSource
 from pgprune_core.model.structure import ModelStructure, UnitLayout
 from pgprune_core.optim.budget import Budget, protected_mask
-from pgprune_core.optim.checkpoint import LoopState, load_checkpoint
+from pgprune_core.optim.checkpoint import LoopState
 from pgprune_core.optim.loop import OptimisationLoop, Stage
 from pgprune_core.optim.policy import BernoulliPolicy
 from pgprune_core.plugin.registry import Registry, get_registry
 from pgprune_core.report.progress import Reporter, SilentReporter
-from pgprune_core.run.artifacts import atomic_write_json
 from pgprune_core.run.rundir import RunDir, config_digest
 
 #: calibration segments when neither --steps nor data.n_segments says (the paper: 120k)
@@ -279,9 +278,7 @@ def _run(config: RunConfig, reporter: Reporter, resume: Path | None, registry: R
         previous_wall = float(marker.get("wall_s", 0.0))
         if marker.get("status") == "done" and run.metrics.exists():
             reporter.message(f"{run.path} is already finished; nothing to do")
-            import json
-
-            return RunResult(run.path, json.loads(run.metrics.read_text()))
+            return RunResult(run.path, run.read_metrics())
     digest = config_digest(config)
     torch.manual_seed(config.training.seed)
     if config.training.schedule == "random-progressive" and config.init.name != "random":
@@ -295,13 +292,12 @@ def _run(config: RunConfig, reporter: Reporter, resume: Path | None, registry: R
 
     # dense metrics (saved, so a resumed run does not measure them again)
     dense: dict[str, Any] = {"params": sum(p.numel() for p in model.parameters())}
-    if run.dense_metrics.exists():
-        import json
-
-        dense = json.loads(run.dense_metrics.read_text())
+    saved_dense = run.read_dense()
+    if saved_dense is not None:
+        dense = saved_dense
     elif config.evaluation.dense:
         dense = evaluate_dense(config, prep, registry, reporter)
-        atomic_write_json(run.dense_metrics, dense)
+        run.write_dense(dense)
 
     estimator = registry.cls("estimator", config.estimator.name)(config.estimator)
     projector = registry.cls("projector", config.projector.name)(config.projector)
@@ -312,7 +308,7 @@ def _run(config: RunConfig, reporter: Reporter, resume: Path | None, registry: R
 
     checkpoint = None
     if resume is not None and run.checkpoint.exists():
-        checkpoint = load_checkpoint(run.checkpoint)
+        checkpoint = run.load_checkpoint()
         if checkpoint.config_digest != digest:
             raise RunDirError(f"{run.checkpoint} belongs to another configuration than {run.config}")
         if checkpoint.probs.shape != (len(prep.layout),):
@@ -323,14 +319,12 @@ def _run(config: RunConfig, reporter: Reporter, resume: Path | None, registry: R
 
     with PeakMemory(prep.device) as peak:
         # initial scores (saved: random-progressive and resume reuse them)
-        if run.scores.exists():
-            scores = torch.load(run.scores, weights_only=True)
+        saved_scores = run.read_scores()
+        if saved_scores is not None:
+            scores = saved_scores
         else:
             scores = initial_scores(config, prep, tokens, oracle, registry, reporter)
-            from pgprune_core.run.artifacts import atomic_path
-
-            with atomic_path(run.scores) as tmp:
-                torch.save(scores, tmp)
+            run.write_scores(scores)
 
         state = LoopState()
         if estimator.optimises:
@@ -345,12 +339,12 @@ def _run(config: RunConfig, reporter: Reporter, resume: Path | None, registry: R
             else:
                 s0 = to_probabilities(config, prep, scores, stages[0].rate)
                 policy = BernoulliPolicy(s0, fixed=prep.protected)
-                run.metrics_log.unlink(missing_ok=True)
+                run.clear_log()
             if not state.finished:
                 loop = OptimisationLoop(
                     policy=policy, estimator=estimator, projector=projector, stages=stages,
                     batch_at=stream.batch, oracle=oracle, generator=generator,
-                    checkpoint_path=run.checkpoint, metrics_path=run.metrics_log,
+                    sink=run,
                     config_digest=digest, checkpoint_every=config.training.checkpoint_every,
                     log_every=config.training.log_every, reporter=reporter,
                 )
@@ -399,14 +393,14 @@ def finalize_model(config: RunConfig, prep: Prepared, keep: torch.Tensor, probs:
                    run: RunDir, reporter: Reporter) -> dict[str, Any]:
     """Cut the model physically, save it and ``masks.json``; return the pruning summary."""
     from pgprune_core.model.accounting import removed_params
-    from pgprune_core.model.surgery import prune_model, save_pruned
+    from pgprune_core.model.surgery import prune_model
 
     model = prep.loaded.model
     params_before = sum(p.numel() for p in model.parameters())
     prunable = int(prep.layout.cost.sum())
     removed_expected = removed_params(prep.layout, keep)
     masks = masks_document(config, prep, keep, probs)
-    atomic_write_json(run.masks, masks)
+    run.write_masks(masks)
     reporter.phase("removing pruned units")
     prune_model(prep.structure, prep.layout, prep.granularities, keep)
     params_after = sum(p.numel() for p in model.parameters())
@@ -417,8 +411,8 @@ def finalize_model(config: RunConfig, prep: Prepared, keep: torch.Tensor, probs:
         )
     if config.output.save_model:
         reporter.phase(f"saving the pruned model to {run.model}")
-        save_pruned(
-            model, prep.loaded.tokenizer, run.model, adapter_name=prep.adapter_name,
+        run.save_model(
+            model, prep.loaded.tokenizer, adapter_name=prep.adapter_name,
             base_model=prep.loaded.source.name_or_path,
             extra={"prune_rate": config.pruning.prune_rate, "budget": config.pruning.budget,
                    "granularity": list(config.pruning.granularity),
@@ -463,21 +457,15 @@ def masks_document(config: RunConfig, prep: Prepared, keep: torch.Tensor, probs:
 
 def write_outputs(config: RunConfig, prep: Prepared, keep: torch.Tensor, metrics: dict[str, Any],
                   run: RunDir) -> None:
-    from pgprune_core.report.markdown import write_report
-    from pgprune_core.report.plots import plot_loss, plot_sparsity
-
-    atomic_write_json(run.metrics, metrics)
-    plot_sparsity(
+    run.write_metrics(metrics)
+    run.write_plots(
         kinds=[prep.layout.kinds[i] for i in prep.layout.kind_ids().tolist()],
         layers=prep.layout.layer.tolist(),
         keep=keep.tolist(),
         n_layers=prep.n_layers,
-        path=run.sparsity_plot,
         title=f"{config.estimator.name}, {config.pruning.prune_rate:.0%} {config.pruning.budget}",
     )
-    if run.metrics_log.exists() and run.metrics_log.stat().st_size:
-        plot_loss(run.metrics_log, run.loss_plot)
-    write_report(run.report, metrics, config)
+    run.write_report(metrics, config)
 
 
 def summary(metrics: dict[str, Any], path: Path) -> str:

@@ -1,8 +1,12 @@
-"""The run directory: what a run writes, how a run is recognised, and its status.
+"""The run directory: every file a run reads back or writes, how a run is recognised, and
+its status.  Nothing else writes into a run directory.
 
 ``run.json`` marks a directory as a pgprune run (format, version, status, the digest of
 its configuration, accumulated wall time); ``config.yaml`` is the resolved configuration
-that ``pgprune resume`` re-reads.  Every file is written atomically.
+that ``pgprune resume`` re-reads; ``dense.json`` and ``init_scores.pt`` are the saved
+results of the first phases; ``policy.pt`` the loop's checkpoint and ``metrics.jsonl`` its
+log; ``masks.json``, ``model/``, ``metrics.json``, ``report.md`` and the plots are the
+results.  Every file is written atomically (a killed run leaves the old file or the new).
 """
 
 from __future__ import annotations
@@ -10,14 +14,21 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from pgprune_core.config.resolve import dump_config, load_config_file, validate_config
 from pgprune_core.config.sections import RunConfig
 from pgprune_core.errors import RunDirError
-from pgprune_core.run.artifacts import atomic_write_json, atomic_write_text
+from pgprune_core.model.surgery import save_pruned
+from pgprune_core.optim.checkpoint import Checkpoint, checkpoint_from_payload, checkpoint_payload
+from pgprune_core.report.markdown import RUN_IMAGES, render_report
+from pgprune_core.report.plots import plot_loss, plot_sparsity
+from pgprune_core.run.artifacts import atomic_path, atomic_write_json, atomic_write_text
 
 FORMAT = "pgprune-run/1"
 
@@ -156,3 +167,89 @@ class RunDir:
             except ValueError:
                 break  # a torn last line from a kill
         atomic_write_text(self.metrics_log, "".join(f"{line}\n" for line in kept))
+
+    # what the phases save and read back
+    def read_json(self, path: Path) -> Any:
+        try:
+            return json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise RunDirError(f"{path} is unreadable or corrupt: {exc}") from None
+
+    def write_dense(self, dense: dict[str, Any]) -> None:
+        atomic_write_json(self.dense_metrics, dense)
+
+    def read_dense(self) -> dict[str, Any] | None:
+        return self.read_json(self.dense_metrics) if self.dense_metrics.exists() else None
+
+    def write_scores(self, scores: dict[str, torch.Tensor]) -> None:
+        with atomic_path(self.scores) as tmp:
+            torch.save(scores, tmp)
+
+    def read_scores(self) -> dict[str, torch.Tensor] | None:
+        if not self.scores.exists():
+            return None
+        return torch.load(self.scores, weights_only=True)
+
+    def adopt(self, source: Path, target: Path) -> None:
+        """Give this run a result computed elsewhere (``compare``'s shared dense metrics and
+        scores), unless it has its own already."""
+        if target.parent != self.path:
+            raise ValueError(f"{target} is not a file of {self.path}")
+        if not target.exists():
+            with atomic_path(target) as tmp:
+                tmp.write_bytes(source.read_bytes())
+
+    def save_checkpoint(self, checkpoint: Checkpoint) -> None:
+        with atomic_path(self.checkpoint) as tmp:
+            torch.save(checkpoint_payload(checkpoint), tmp)
+
+    def load_checkpoint(self) -> Checkpoint:
+        """Read ``policy.pt`` without unpickling arbitrary objects; one-line errors."""
+        if not self.checkpoint.is_file():
+            raise RunDirError(f"no checkpoint at {self.checkpoint}")
+        try:
+            payload = torch.load(self.checkpoint, map_location="cpu", weights_only=True)
+        except Exception as exc:
+            text = str(exc).strip()
+            reason = text.splitlines()[0] if text else type(exc).__name__
+            raise RunDirError(
+                f"checkpoint {self.checkpoint} is corrupt or not a pgprune checkpoint: {reason}"
+            ) from None
+        return checkpoint_from_payload(payload, self.checkpoint)
+
+    def append_record(self, record: dict[str, Any]) -> None:
+        """One line of ``metrics.jsonl`` (the loop's log; a torn last line is dropped on
+        resume by :meth:`truncate_log`)."""
+        with self.metrics_log.open("a", encoding="utf-8") as handle:
+            handle.write(json.dumps(record) + "\n")
+
+    def clear_log(self) -> None:
+        self.metrics_log.unlink(missing_ok=True)
+
+    # results
+    def write_masks(self, masks: dict[str, Any]) -> None:
+        atomic_write_json(self.masks, masks)
+
+    def write_metrics(self, metrics: dict[str, Any]) -> None:
+        atomic_write_json(self.metrics, metrics)
+
+    def read_metrics(self) -> dict[str, Any]:
+        return self.read_json(self.metrics)
+
+    def save_model(self, model: Any, tokenizer: Any, **metadata: Any) -> Path:
+        """The pruned model under ``model/`` (see :func:`pgprune_core.model.surgery.save_pruned`)."""
+        save_pruned(model, tokenizer, self.model, **metadata)
+        return self.model
+
+    def write_plots(self, *, kinds: Sequence[str], layers: Sequence[int], keep: Sequence[int],
+                    n_layers: int, title: str) -> None:
+        """``sparsity.png`` (kept units per layer) and, when the loop logged, ``loss.png``."""
+        plot_sparsity(kinds=kinds, layers=layers, keep=keep, n_layers=n_layers,
+                      path=self.sparsity_plot, title=title)
+        if self.metrics_log.exists() and self.metrics_log.stat().st_size:
+            plot_loss(self.metrics_log, self.loss_plot)
+
+    def write_report(self, metrics: dict[str, Any], config: RunConfig | None = None) -> Path:
+        """``report.md``, embedding the plots that exist beside it."""
+        images = [(alt, name) for alt, name in RUN_IMAGES if (self.path / name).exists()]
+        return atomic_write_text(self.report, render_report(metrics, config, images))
