@@ -31,6 +31,19 @@ class UnknownPluginError(PluginError):
         self.kind, self.name, self.valid = kind, name, valid
 
 
+class MissingPluginError(PluginError):
+    """A plugin of this project's own family that is not installed (a framework-only
+    install): the message names the distribution that provides it."""
+
+    def __init__(self, kind: str, name: str, distribution: str) -> None:
+        super().__init__(
+            f"{kind} {name!r} is not installed: it ships in the distribution {distribution} "
+            f"(pip install {distribution}; `pip install pgprune` installs the default plugins, "
+            f"`pip install 'pgprune[all]'` all of them)"
+        )
+        self.kind, self.name, self.distribution = kind, name, distribution
+
+
 class DuplicatePluginError(PluginError):
     """Two plugins registered the same name for the same kind."""
 
@@ -51,3 +64,10 @@ class Interrupted(PgpruneError):
     """A run stopped by SIGINT/SIGTERM after writing a checkpoint (resumable)."""
 
     exit_code = 130
+
+
+def first_line(exc: BaseException) -> str:
+    """The first non-blank line of an exception's message (its type name when it has none):
+    what a one-line error quotes of a library's multi-line exception."""
+    lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
+    return lines[0] if lines else type(exc).__name__

@@ -2,7 +2,7 @@
 ``Config`` (see :class:`~pgprune_core.config.base.PluginConfig`) and is constructed with
 an instance of that ``Config``.
 
-Data flow of one run (DESIGN.md §4)::
+Data flow of one run (docs/architecture.md)::
 
     adapter.load -> adapter.describe -> granularity.units -> UnitLayout
     initializer.scores -> transform -> projector            (initial probabilities s0)

@@ -47,7 +47,7 @@ NAME_ONLY_KINDS = ("granularity", "adapter")
 def _repo_distributions() -> set[str]:
     """The core and the plugin distributions of this repository (foreign plugins that
     happen to be installed are not this doc's business)."""
-    names = {"pgprune"}
+    names = {"pgprune-core"}
     for pyproject in ROOT.glob("plugins/*/pyproject.toml"):
         match = re.search(r'^name\s*=\s*"([^"]+)"', pyproject.read_text(encoding="utf-8"), re.M)
         if match:

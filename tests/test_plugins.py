@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import sys
 import types
 from importlib import metadata
@@ -12,9 +13,16 @@ import pytest
 from pydantic import create_model
 
 from pgprune_core import Estimator, PluginConfig, StepContext, StepStats, hookimpl
-from pgprune_core.errors import UnknownPluginError
+from pgprune_core.config.sections import DEFAULTS
+from pgprune_core.errors import MissingPluginError, UnknownPluginError
 from pgprune_core.plugin.manager import DEFAULT_PLUGINS, PluginSet
-from pgprune_core.plugin.registry import Registry, estimators, get_registry, temporary_plugin
+from pgprune_core.plugin.registry import (
+    PROVIDED_BY,
+    Registry,
+    estimators,
+    get_registry,
+    temporary_plugin,
+)
 
 
 def _estimator_plugin(name: str, option_default: int = 1) -> types.SimpleNamespace:
@@ -41,7 +49,7 @@ def test_builtins_are_registered_as_plugins(registry):
     for name in DEFAULT_PLUGINS:
         assert registry.plugins.pm.get_plugin(name) is not None
     spec = registry.get("projector", "bisection")
-    assert spec.origin.distribution == "pgprune"
+    assert spec.origin.distribution == "pgprune-core"
     assert spec.origin.plugin == "builtin-bisection"
     assert "none" in estimators()
 
@@ -180,3 +188,54 @@ def test_install_command_installs_every_plugin_distribution() -> None:
                    if (p / "pyproject.toml").exists()}
     assert plugin_dirs, "no plugin distributions found"
     assert plugin_dirs <= editable, f"not installed by requirements-dev.txt: {plugin_dirs - editable}"
+
+
+def _pyproject(path: Path) -> dict:
+    tomllib = pytest.importorskip("tomllib")
+    return tomllib.loads(path.read_text(encoding="utf-8"))
+
+
+def _dist_names(requirements: list[str]) -> set[str]:
+    return {re.split(r"[\s<>=!~\[;]", req, maxsplit=1)[0] for req in requirements}
+
+
+def test_batteries_distribution_installs_what_the_defaults_name(registry) -> None:
+    """``pip install pgprune`` gives a working default run: it depends on the core and on the
+    distributions of the default estimator and of the adapter of a LLaMA model; ``[all]``
+    adds every other plugin distribution of this repository."""
+    root = Path(__file__).resolve().parent.parent
+    meta = _pyproject(root / "packaging" / "pgprune" / "pyproject.toml")["project"]
+    assert meta["name"] == "pgprune"
+    assert _pyproject(root / "pyproject.toml")["project"]["name"] == "pgprune-core"
+    default_estimator = DEFAULTS["estimator"]["name"]
+    needed = {"pgprune-core", registry.get("estimator", default_estimator).origin.distribution,
+              registry.get("adapter", "llama").origin.distribution}
+    assert _dist_names(meta["dependencies"]) == needed
+    plugin_dists = {_pyproject(p)["project"]["name"] for p in root.glob("plugins/*/pyproject.toml")}
+    assert _dist_names(meta["dependencies"]) | _dist_names(meta["optional-dependencies"]["all"]) \
+        == plugin_dists | {"pgprune-core"}
+    for pyproject in root.glob("plugins/*/pyproject.toml"):
+        deps = _dist_names(_pyproject(pyproject)["project"]["dependencies"])
+        assert "pgprune-core" in deps and "pgprune" not in deps, pyproject
+
+
+def test_provided_by_names_the_distribution_that_registers_each_plugin(registry) -> None:
+    for (kind, name), distribution in PROVIDED_BY.items():
+        assert registry.get(kind, name).origin.distribution == distribution, (kind, name)
+
+
+def test_framework_only_install_names_the_missing_distribution(monkeypatch) -> None:
+    """Without the plugin distributions (simulated by disabling them), the default run
+    fails in one line naming the distribution to install, before any work."""
+    monkeypatch.setenv("PGPRUNE_DISABLE_PLUGINS", "reinforce,llama")
+    reg = Registry(PluginSet())
+    with pytest.raises(MissingPluginError, match="distribution pgprune-reinforce") as info:
+        reg.get("estimator", "reinforce")
+    assert "pip install pgprune-reinforce" in str(info.value)
+    with pytest.raises(UnknownPluginError):
+        reg.get("estimator", "no-such-estimator")
+    from pgprune_core.model.hf_adapter import adapter_for_config
+    from pgprune_core.testing import tiny_config
+
+    with pytest.raises(MissingPluginError, match="pgprune-llama"):
+        adapter_for_config(tiny_config("llama"), reg)

@@ -6,6 +6,7 @@ import sys
 from typing import Any
 
 import typer
+from rich.markup import escape
 from typer.core import TyperGroup
 
 from pgprune_core.errors import PgpruneError
@@ -22,7 +23,7 @@ class PgpruneGroup(TyperGroup):
         try:
             return super().invoke(ctx)
         except PgpruneError as exc:
-            err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+            err_console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
             ctx.exit(exc.exit_code)
 
 
@@ -49,14 +50,14 @@ def build_app() -> typer.Typer:
 def warn_failures() -> None:
     """Print one warning line per plugin that failed to load (every command shows them)."""
     for failure in get_registry().failures:
-        err_console.print(f"[yellow]warning:[/] {failure}", highlight=False, soft_wrap=True)
+        err_console.print(f"[yellow]warning:[/] {escape(str(failure))}", highlight=False, soft_wrap=True)
 
 
 def main() -> None:
     try:
         app = build_app()
     except PgpruneError as exc:
-        err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        err_console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
         sys.exit(exc.exit_code)
     warn_failures()
     app()

@@ -14,14 +14,22 @@ from __future__ import annotations
 import re
 from typing import Annotated, Any, Literal, Union
 
+import torch
 from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator
 
 from pgprune_core.config.base import InitializerConfig, PluginConfig
 from pgprune_core.plugin.registry import Registry, get_registry
 
-DTYPES = ("float32", "bfloat16", "float16")
-BUDGETS = ("per-type", "global", "params", "local")
 #: config section -> plugin kind, for the sections that are plugin unions
+DtypeName = Literal["float32", "bfloat16", "float16"]
+#: the model dtypes a run and ``pgprune eval`` accept, by name (the one table of them)
+TORCH_DTYPES: dict[str, torch.dtype] = {
+    "float32": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "float16": torch.float16,
+}
+DTYPES: tuple[str, ...] = tuple(TORCH_DTYPES)
+
 PLUGIN_SECTIONS = {"estimator": "estimator", "init": "initializer", "projector": "projector"}
 
 
@@ -36,7 +44,7 @@ class ModelSection(Section):
     name_or_path: str | None = None
     #: adapter name; None = auto-detect from the model's config
     adapter: str | None = None
-    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    dtype: DtypeName = "float32"
     device: str = "cpu"
     #: e.g. "auto" (needs accelerate) to spread a large model over GPUs; overrides device
     device_map: str | None = None

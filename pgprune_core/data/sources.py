@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from pgprune_core.config.sections import DataSection
-from pgprune_core.errors import DataError
+from pgprune_core.errors import DataError, first_line
 
 Role = Literal["calibration", "evaluation"]
 
@@ -282,7 +282,7 @@ class TextSource:
         except (ConnectionError, DatasetNotFoundError) as exc:
             if self.local_file is not None:
                 raise
-            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            reason = first_line(exc)
             raise DataError(
                 f"could not load {self.name} ({self.path_label()}) from the Hugging Face hub "
                 f"({reason}); pass a local file with {FILE_FLAG[self.role]} PATH "
@@ -290,7 +290,7 @@ class TextSource:
             ) from None
         except DatasetGenerationError as exc:
             cause = exc.__cause__ or exc
-            first = str(cause).strip().splitlines()[0] if str(cause).strip() else type(cause).__name__
+            first = first_line(cause)
             raise DataError(f"could not read {self.describe()}: {first}") from None
 
 

@@ -19,7 +19,8 @@ from typing import Any, ClassVar, cast
 import torch
 from torch import nn
 
-from pgprune_core.errors import ModelError
+from pgprune_core.config.sections import TORCH_DTYPES
+from pgprune_core.errors import MissingPluginError, ModelError, first_line
 from pgprune_core.interfaces import LoadedModel, ModelAdapter, ModelSource
 from pgprune_core.model import pruned_modeling
 from pgprune_core.model.pruned_modeling import import_object
@@ -30,18 +31,14 @@ from pgprune_core.model.structure import (
     ModelStructure,
     ModuleNames,
 )
-from pgprune_core.plugin.registry import Registry, get_registry
+from pgprune_core.plugin.registry import (
+    ADAPTER_FOR_MODEL_TYPE,
+    PROVIDED_BY,
+    Registry,
+    get_registry,
+)
 
-DTYPES: dict[str, torch.dtype] = {
-    "float32": torch.float32,
-    "bfloat16": torch.bfloat16,
-    "float16": torch.float16,
-}
-
-
-def _first_line(exc: BaseException) -> str:
-    lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
-    return lines[0] if lines else type(exc).__name__
+DTYPES = TORCH_DTYPES
 
 
 def load_model_config(name_or_path: str, *, revision: str | None = None,
@@ -60,7 +57,7 @@ def load_model_config(name_or_path: str, *, revision: str | None = None,
                                           trust_remote_code=trust_remote_code)
     except Exception as exc:  # transformers raises OSError, ValueError, JSON errors, ...
         where = path / "config.json" if path.is_dir() else f"hub id '{name_or_path}'"
-        raise ModelError(f"cannot read the model config from {where}: {_first_line(exc)}") from exc
+        raise ModelError(f"cannot read the model config from {where}: {first_line(exc)}") from exc
 
 
 def adapter_for_config(model_config: Any, registry: Registry | None = None) -> str:
@@ -69,6 +66,9 @@ def adapter_for_config(model_config: Any, registry: Registry | None = None) -> s
     name = registry.resolve_adapter(model_config)
     if name is None:
         model_type = getattr(model_config, "model_type", None)
+        known = ADAPTER_FOR_MODEL_TYPE.get(str(model_type))
+        if known is not None and known not in registry.names("adapter"):
+            raise MissingPluginError("adapter", known, PROVIDED_BY[("adapter", known)])
         supported = ", ".join(registry.names("adapter")) or "(no adapter plugin installed)"
         raise ModelError(f"model type {model_type!r} is not supported; supported: {supported}")
     return name
@@ -130,7 +130,7 @@ class HFDecoderAdapter(ModelAdapter):
             try:
                 device = torch.device(source.device)
             except RuntimeError as exc:
-                raise ModelError(f"invalid device {source.device!r}: {_first_line(exc)}") from exc
+                raise ModelError(f"invalid device {source.device!r}: {first_line(exc)}") from exc
         # a model pruned and saved by pgprune is rebuilt with its per-layer shapes
         pruned = isinstance(getattr(config, pruned_modeling.SECTION, None), dict)
         try:
@@ -139,14 +139,14 @@ class HFDecoderAdapter(ModelAdapter):
             if device is not None:
                 model = model.to(device)
         except Exception as exc:  # missing/corrupt weights, unreachable hub, no CUDA, ...
-            raise ModelError(f"cannot load the model weights from {name}: {_first_line(exc)}") from exc
+            raise ModelError(f"cannot load the model weights from {name}: {first_line(exc)}") from exc
         model.eval()
         model.requires_grad_(False)
         try:
             tokenizer = AutoTokenizer.from_pretrained(name, revision=source.revision,
                                                       trust_remote_code=source.trust_remote_code)
         except Exception as exc:
-            raise ModelError(f"cannot load the tokenizer from {name}: {_first_line(exc)}") from exc
+            raise ModelError(f"cannot load the tokenizer from {name}: {first_line(exc)}") from exc
         return LoadedModel(model=model, tokenizer=tokenizer, source=source)
 
     # -- describing -------------------------------------------------------------------

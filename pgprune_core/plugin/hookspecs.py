@@ -36,9 +36,6 @@ hookspec = pluggy.HookspecMarker("pgprune")
 #: The marker of hook implementations (re-exported as ``pgprune_core.hookimpl``).
 hookimpl = pluggy.HookimplMarker("pgprune")
 
-#: ``register(plugin_class)``: adds one plugin class to the core's table for that kind.
-Register = Callable[[type[Any]], None]
-
 # -- registration phase: called once, when the plugin manager is built ----------------
 
 

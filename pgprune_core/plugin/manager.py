@@ -19,6 +19,7 @@ from types import ModuleType
 
 import pluggy
 
+from pgprune_core.errors import first_line
 from pgprune_core.plugin import hookspecs
 from pgprune_core.plugin.hookspecs import hookimpl
 
@@ -88,14 +89,15 @@ def disabled_names() -> frozenset[str]:
 
 def _core_version() -> str:
     try:
-        return metadata.version("pgprune")
+        return metadata.version("pgprune-core")
     except metadata.PackageNotFoundError:  # running from a source tree
         return "0+unknown"
 
 
 def _describe_exception(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0] if text else ''}".rstrip(": ")
+    """``TypeName: first line`` of a plugin's exception."""
+    text = first_line(exc)
+    return type(exc).__name__ if text == type(exc).__name__ else f"{type(exc).__name__}: {text}"
 
 
 class PluginSet:
@@ -114,9 +116,9 @@ class PluginSet:
             try:
                 module = importlib.import_module(module_path)
             except Exception as exc:  # reported like any plugin, so the rest still works
-                self.failures.append(LoadFailure(name, "pgprune", version, _describe_exception(exc)))
+                self.failures.append(LoadFailure(name, "pgprune-core", version, _describe_exception(exc)))
                 continue
-            self.add(module, PluginOrigin(name, "pgprune", version))
+            self.add(module, PluginOrigin(name, "pgprune-core", version))
         if load_entry_points:
             self._load_entry_points()
 

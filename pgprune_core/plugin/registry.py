@@ -14,7 +14,12 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, Literal, overload
 
-from pgprune_core.errors import DuplicatePluginError, PluginError, UnknownPluginError
+from pgprune_core.errors import (
+    DuplicatePluginError,
+    MissingPluginError,
+    PluginError,
+    UnknownPluginError,
+)
 from pgprune_core.interfaces import (
     Estimator,
     Evaluator,
@@ -33,6 +38,22 @@ from pgprune_core.plugin.manager import (
 )
 
 #: kind -> (registration hook, base class)
+#: The plugins this project publishes as separate distributions, by (kind, name): a lookup
+#: of one that is not installed names the distribution instead of "unknown".  ``pgprune``
+#: (the batteries-included distribution) installs the defaults, ``pgprune[all]`` every one.
+PROVIDED_BY: dict[tuple[str, str], str] = {
+    ("adapter", "llama"): "pgprune-llama",
+    ("adapter", "vicuna"): "pgprune-llama",
+    ("adapter", "mistral"): "pgprune-mistral",
+    ("estimator", "reinforce"): "pgprune-reinforce",
+    ("estimator", "gumbel"): "pgprune-gumbel",
+    ("estimator", "ppo"): "pgprune-ppo",
+    ("evaluator", "lm-eval"): "pgprune-lm-eval",
+}
+
+#: transformers ``model_type`` -> the adapter this project publishes for it
+ADAPTER_FOR_MODEL_TYPE: dict[str, str] = {"llama": "llama", "mistral": "mistral"}
+
 KINDS: dict[str, tuple[str, type[Plugin]]] = {
     "estimator": ("pgprune_register_estimators", Estimator),
     "adapter": ("pgprune_register_adapters", ModelAdapter),
@@ -133,6 +154,9 @@ class Registry:
     def get(self, kind: str, name: str) -> Spec:
         table = self.specs(kind)
         if name not in table:
+            distribution = PROVIDED_BY.get((kind, name))
+            if distribution is not None:
+                raise MissingPluginError(kind, name, distribution)
             raise UnknownPluginError(kind, name, list(table))
         return table[name]
 

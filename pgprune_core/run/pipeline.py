@@ -1,4 +1,4 @@
-"""One pgprune run, end to end (DESIGN.md §4), resumable.
+"""One pgprune run, end to end (docs/architecture.md), resumable.
 
     config -> adapter.load -> sites -> granularities -> units (layout, costs)
     calibration stream -> initializer -> s0 -> projector

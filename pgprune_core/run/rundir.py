@@ -23,7 +23,7 @@ import torch
 
 from pgprune_core.config.resolve import dump_config, load_config_file, validate_config
 from pgprune_core.config.sections import RunConfig
-from pgprune_core.errors import RunDirError
+from pgprune_core.errors import RunDirError, first_line
 from pgprune_core.model.surgery import save_pruned
 from pgprune_core.optim.checkpoint import Checkpoint, checkpoint_from_payload, checkpoint_payload
 from pgprune_core.report.markdown import RUN_IMAGES, render_report
@@ -210,10 +210,9 @@ class RunDir:
         try:
             payload = torch.load(self.checkpoint, map_location="cpu", weights_only=True)
         except Exception as exc:
-            text = str(exc).strip()
-            reason = text.splitlines()[0] if text else type(exc).__name__
             raise RunDirError(
-                f"checkpoint {self.checkpoint} is corrupt or not a pgprune checkpoint: {reason}"
+                f"checkpoint {self.checkpoint} is corrupt or not a pgprune checkpoint: "
+                f"{first_line(exc)}"
             ) from None
         return checkpoint_from_payload(payload, self.checkpoint)
 

@@ -1,4 +1,4 @@
-"""Benchmark: what one estimator step costs, in time and in memory (issue 8).
+"""Benchmark: what one estimator step costs, in time and in memory.
 
 Setting: a batch of 8 x 128 tokens (random ids: the cost does not depend on the text),
 channel + head units (layers too where said), every keep-probability at 0.5 under the
@@ -21,7 +21,7 @@ variants interleaved within a round so slow drifts of a shared machine hit all a
   (``reinforce_outside_oracle_s``) is sampling, baseline, gradient and projection.
 - ``gumbel_s``: one ``gumbel`` step, same n_samples (relaxed masks, forward with autograd,
   backward through the frozen model to the mask logits).  ``reinforce_s / gumbel_s``,
-  issue 7's target <= 0.4.
+  the target <= 0.4.
 - ``ppo_s``: one ``ppo`` step with n_samples = 2 (and its default 4 epochs).
 - ``layers_half_s`` / ``layers_on_s``: a ``reinforce`` step over channel + head + layer units
   with every layer's keep-probability at 0.5 (each mask drops about half the layers; rows

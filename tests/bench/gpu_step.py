@@ -1,4 +1,4 @@
-"""Benchmark: one ``reinforce`` step on a LLaMA-2-7B-shaped model on a GPU (issue 8).
+"""Benchmark: one ``reinforce`` step on a LLaMA-2-7B-shaped model on a GPU.
 
 The paper (REFERENCE.md, "Published numbers") prunes LLaMA-2-7B channels + heads in 1.76 h
 for one epoch of 120k segments (15,000 steps of 8 x 128 tokens) on one A100, with 18.2-19.5

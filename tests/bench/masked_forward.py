@@ -1,4 +1,4 @@
-"""Benchmark: the cost of evaluating sampled masks with one batched forward (issue 3).
+"""Benchmark: the cost of evaluating sampled masks with one batched forward.
 
 For each model (the shared proxy LLaMA when ``../shared`` exists, and a larger in-process
 LLaMA config with random weights) and a batch of 8 x 128 tokens, it times

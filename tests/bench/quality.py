@@ -1,4 +1,4 @@
-"""Benchmark: pruning quality on the proxy model (issues 4, 7 and 8), as ``pgprune compare`` grids.
+"""Benchmark: pruning quality on the proxy model, as ``pgprune compare`` grids.
 
 Every grid is one ``pgprune compare`` command (printed before it runs, so each table in
 ``docs/benchmarks.md`` names the command that made it) in ``WORK/<grid>``; its cells are
@@ -10,7 +10,7 @@ Setting of ``shared/REFERENCE.md``: proxy-llama-7m, calibration C4 validation do
 
 Grids (``--grids``, default all; ``--rates`` sets the rates of the first five):
 
-- ``issue4``: reinforce from wanda-sp and wanda-sp alone (``--estimator none``), 30/40/50 %,
+- ``wanda-sp``: reinforce from wanda-sp and wanda-sp alone (``--estimator none``), 30/40/50 %,
   channels+heads, budgets ``per-type`` and ``params``.
 - ``random-masks``: random masks (``--estimator none --init random``), the same cells.
 - ``starts``: reinforce from random, magnitude and taylor, and each alone, per-type.
@@ -18,11 +18,11 @@ Grids (``--grids``, default all; ``--rates`` sets the rates of the first five):
   +5 % per stage, the steps split evenly over the stages), per-type.
 - ``layers``: reinforce from random, layerwise-ppl and taylor, and each alone, layers only.
 - ``budgets``: reinforce from wanda-sp at 50 % with the ``global`` and ``local`` budgets
-  (``per-type`` and ``params`` are in ``issue4``).
+  (``per-type`` and ``params`` are in ``wanda-sp``).
 - ``baseline``: reinforce from wanda-sp at 50 % without the moving-average baseline
-  (``--estimator.baseline none``; with it: ``issue4``).
+  (``--estimator.baseline none``; with it: ``wanda-sp``).
 - ``estimators``: reinforce, gumbel and ppo from wanda-sp at 50 %, per-type, ``--seeds``,
-  the same number of forward passes (``--equal-forwards``) (issue 7).
+  the same number of forward passes (``--equal-forwards``).
 
     python tests/bench/quality.py --work runs/bench-quality > quality.json
     python tests/bench/quality.py --grids starts --rates 0.5
@@ -62,7 +62,7 @@ def grids(steps: int, rates: str = RATES, seeds: str = "0") -> dict[str, list[st
     ch = ["--granularity", "channel,head"]
     length = ["--steps", str(steps)]
     return {
-        "issue4": [*both, *inits("wanda-sp"), *ch, "--rates", rates,
+        "wanda-sp": [*both, *inits("wanda-sp"), *ch, "--rates", rates,
                    "--budget", "per-type", "--budget", "params", *length],
         "random-masks": ["--estimator", "none", *inits("random"), *ch, "--rates", rates,
                          "--budget", "per-type", "--budget", "params", *length],

@@ -23,7 +23,7 @@ from typing import Any, Literal
 from pydantic import Field, field_validator
 
 from pgprune_core import EvalContext, Evaluator, PluginConfig
-from pgprune_core.errors import ConfigError, DataError
+from pgprune_core.errors import ConfigError, DataError, first_line
 from pgprune_core.report.progress import SilentReporter
 
 #: the paper's five zero-shot tasks (Table 1)
@@ -134,7 +134,7 @@ class LmEvalEvaluator(Evaluator):
                         fewshot_random_seed=ctx.seed,
                     )
             except ConnectionError as exc:
-                reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                reason = first_line(exc)
                 raise DataError(
                     f"lm-eval task {task!r} could not fetch its dataset from the Hugging Face "
                     f"hub ({reason}); run where the hub is reachable, or pass task YAMLs "
