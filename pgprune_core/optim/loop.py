@@ -75,7 +75,9 @@ class LoopSink(Protocol):
     """Where the loop's results go: the run directory (:class:`pgprune_core.run.rundir.RunDir`)
     implements it; the loop itself writes no file."""
 
-    path: Path
+    @property
+    def path(self) -> Path:
+        """The run directory (named in the message of an interrupted run)."""
 
     def save_checkpoint(self, checkpoint: Checkpoint) -> None:
         """Replace the checkpoint with this one (atomically)."""

@@ -270,7 +270,3 @@ def render_report(metrics: Mapping[str, Any], config: Any = None,
     for alt, rel in images:
         parts += [f"![{alt}]({rel})", ""]
     return "\n".join(parts)
-
-
-#: pictures a run directory may hold, embedded in report.md when present
-RUN_IMAGES = (("pruned fraction per layer", "sparsity.png"), ("optimisation", "loss.png"))

@@ -481,5 +481,6 @@ def summary(metrics: dict[str, Any], path: Path) -> str:
                      f"  perplexity {name}: {value:.2f}")
     run = metrics["run"]
     lines.append(f"  {run['steps']} steps, optimise {run['optimize_s']:.1f}s, wall {run['wall_s']:.1f}s")
-    lines.append(f"  model: {path / 'model'}  report: {path / 'report.md'}  plot: {path / 'sparsity.png'}")
+    run_dir = RunDir(path)
+    lines.append(f"  model: {run_dir.model}  report: {run_dir.report}  plot: {run_dir.sparsity_plot}")
     return "\n".join(lines)

@@ -26,7 +26,7 @@ from pgprune_core.config.sections import RunConfig
 from pgprune_core.errors import RunDirError, first_line
 from pgprune_core.model.surgery import save_pruned
 from pgprune_core.optim.checkpoint import Checkpoint, checkpoint_from_payload, checkpoint_payload
-from pgprune_core.report.markdown import RUN_IMAGES, render_report
+from pgprune_core.report.markdown import render_report
 from pgprune_core.report.plots import plot_loss, plot_sparsity
 from pgprune_core.run.artifacts import atomic_path, atomic_write_json, atomic_write_text
 
@@ -181,11 +181,11 @@ class RunDir:
     def read_dense(self) -> dict[str, Any] | None:
         return self.read_json(self.dense_metrics) if self.dense_metrics.exists() else None
 
-    def write_scores(self, scores: dict[str, torch.Tensor]) -> None:
+    def write_scores(self, scores: torch.Tensor) -> None:
         with atomic_path(self.scores) as tmp:
             torch.save(scores, tmp)
 
-    def read_scores(self) -> dict[str, torch.Tensor] | None:
+    def read_scores(self) -> torch.Tensor | None:
         if not self.scores.exists():
             return None
         return torch.load(self.scores, weights_only=True)
@@ -250,5 +250,7 @@ class RunDir:
 
     def write_report(self, metrics: dict[str, Any], config: RunConfig | None = None) -> Path:
         """``report.md``, embedding the plots that exist beside it."""
-        images = [(alt, name) for alt, name in RUN_IMAGES if (self.path / name).exists()]
+        pictures = (("pruned fraction per layer", self.sparsity_plot),
+                    ("optimisation", self.loss_plot))
+        images = [(alt, file.name) for alt, file in pictures if file.exists()]
         return atomic_write_text(self.report, render_report(metrics, config, images))
