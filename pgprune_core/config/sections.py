@@ -30,6 +30,9 @@ TORCH_DTYPES: dict[str, torch.dtype] = {
 }
 DTYPES: tuple[str, ...] = tuple(TORCH_DTYPES)
 
+#: the evaluators of a run (and of ``pgprune eval``) when none is named
+DEFAULT_EVALUATORS: tuple[str, ...] = ("perplexity", "efficiency")
+
 PLUGIN_SECTIONS = {"estimator": "estimator", "init": "initializer", "projector": "projector"}
 
 
@@ -183,7 +186,7 @@ DEFAULTS: dict[str, Any] = {
     "init": {"name": "wanda-sp"},
     "estimator": {"name": "reinforce"},
     "projector": {"name": "bisection"},
-    "evaluation": {"evaluators": [{"name": "perplexity"}, {"name": "efficiency"}]},
+    "evaluation": {"evaluators": [{"name": name} for name in DEFAULT_EVALUATORS]},
 }
 
 
@@ -206,7 +209,7 @@ def run_config_model(registry: Registry | None = None) -> type[RunConfig]:
         """Which evaluators measure the dense and the pruned model, and how."""
 
         evaluators: list[evaluator] = Field(  # type: ignore[valid-type]
-            default_factory=lambda: [{"name": "perplexity"}, {"name": "efficiency"}]
+            default_factory=lambda: [{"name": name} for name in DEFAULT_EVALUATORS]
         )
         #: also measure the dense model (for the dense-vs-pruned table)
         dense: bool = True
