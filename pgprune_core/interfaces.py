@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
 import torch
 from torch import nn
 
-from pgprune_core.config.base import PluginConfig
+from pgprune_core.config.base import PluginConfig, declares_name, with_name_literal
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     from pgprune_core.model.structure import ModelStructure, UnitLayout, UnitSet
@@ -33,6 +33,18 @@ class Plugin:
 
     name: ClassVar[str]
     Config: ClassVar[type[PluginConfig]] = PluginConfig
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        """A plugin states its name once: when its ``Config`` does not declare the ``name``
+        literal, it is derived here from ``cls.name``."""
+        super().__init_subclass__(**kwargs)
+        name = cls.__dict__.get("name", getattr(cls, "name", None))
+        config = cls.__dict__.get("Config", getattr(cls, "Config", None))
+        if not isinstance(name, str) or not name or not isinstance(config, type):
+            return
+        if not issubclass(config, PluginConfig) or declares_name(config):
+            return
+        cls.Config = with_name_literal(config, name, f"{cls.__qualname__}.Config", cls.__module__)
 
     def __init__(self, config: PluginConfig | None = None) -> None:
         # the defaults (a plugin's Config defaults its ``name``; the base's is required)
@@ -233,6 +245,18 @@ class Estimator(Plugin):
 
     #: False for ``none``: prune from the initial scores without optimising.
     optimises: ClassVar[bool] = True
+
+    @property
+    def forwards_per_step(self) -> int | None:
+        """Forward passes of the batch one :meth:`step` costs (masks evaluated per step).
+        Default: the Config's ``n_samples``; 0 for an estimator that does not optimise;
+        None when unknown.  Override when a step evaluates another number of masks;
+        ``pgprune compare --equal-forwards`` reads it to give every estimator the same
+        forward budget."""
+        if not self.optimises:
+            return 0
+        value = getattr(self.config, "n_samples", None)
+        return value if isinstance(value, int) and not isinstance(value, bool) and value >= 1 else None
 
     def start(self, policy: BernoulliPolicy, total_steps: int) -> None:
         """Reset internal state before the first step of a (stage of a) run."""

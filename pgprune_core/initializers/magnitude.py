@@ -11,7 +11,6 @@ other.  Cost: one pass over the weights, no forward pass, no extra memory.
 from __future__ import annotations
 
 from functools import partial
-from typing import Literal
 
 import torch
 
@@ -30,8 +29,7 @@ class MagnitudeInitializer(CheckedInitializer):
     kinds = frozenset({"channel", "head", "layer"})
     needs_calibration = False
 
-    class Config(InitializerConfig):
-        name: Literal["magnitude"] = "magnitude"
+    Config = InitializerConfig
 
     @torch.no_grad()
     def compute(self, ctx: InitContext) -> torch.Tensor:

@@ -22,8 +22,6 @@ activation alive: the price Remark 2 names and this plugin exists to measure.
 
 from __future__ import annotations
 
-from typing import Literal
-
 import torch
 from pydantic import Field, model_validator
 
@@ -43,7 +41,6 @@ class GumbelEstimator(SampledLossEstimator):
     name = "gumbel"
 
     class Config(StepSizeConfig):
-        name: Literal["gumbel"] = "gumbel"
         #: base learning rate, for a run of lr_reference_steps (x15 for runs under 1,000
         #: steps): 10x reinforce's, because the relaxed gradient has far less variance and
         #: a per-unit size of only ~1e-3 (see README, "Choosing the learning rate")

@@ -22,8 +22,6 @@ the ratio leaves the clip range.
 
 from __future__ import annotations
 
-from typing import Literal
-
 import torch
 from pydantic import Field
 
@@ -44,7 +42,6 @@ class PpoEstimator(SampledLossEstimator):
     name = "ppo"
 
     class Config(StepSizeConfig):
-        name: Literal["ppo"] = "ppo"
         #: base learning rate per update, in units of normalised advantage (see README)
         lr: float = Field(default=3e-5, gt=0)
         #: masks sampled per step (M); each costs one forward pass of the batch

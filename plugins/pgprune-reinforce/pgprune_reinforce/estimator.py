@@ -34,7 +34,6 @@ class ReinforceEstimator(SampledLossEstimator):
     name = "reinforce"
 
     class Config(StepSizeConfig):
-        name: Literal["reinforce"] = "reinforce"
         #: masks sampled per step (N_s; paper: 2)
         n_samples: int = Field(default=2, ge=1)
         #: moving-average window (T of Eq. 8; paper: 5)
