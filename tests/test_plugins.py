@@ -83,9 +83,12 @@ def test_broken_hook_is_isolated(registry):
 
 def test_invalid_plugin_class_is_reported(registry):
     class NoConfigName(Estimator):
-        """Misses the name literal in its Config."""
+        """Its Config declares another name than the class (a missing one is derived)."""
 
         name = "bad-config"
+
+        class Config(PluginConfig):
+            name: Literal["other"] = "other"
 
         def step(self, ctx: StepContext) -> StepStats:
             return StepStats(loss=0.0)
@@ -180,3 +183,16 @@ def test_install_command_installs_every_plugin_distribution() -> None:
                    if (p / "pyproject.toml").exists()}
     assert plugin_dirs, "no plugin distributions found"
     assert plugin_dirs <= editable, f"not installed by requirements-dev.txt: {plugin_dirs - editable}"
+
+
+def test_temporary_plugin_accepts_an_installed_plugin(registry):
+    """The recipe of docs/plugins.md works when the plugin is installed (entry point)."""
+    import pgprune_reinforce.plugin
+
+    from pgprune_core.testing import temporary_plugin as from_testing
+
+    assert from_testing is temporary_plugin
+    with temporary_plugin(pgprune_reinforce.plugin, "my-reinforce") as reg:
+        assert "reinforce" in reg.names("estimator")
+    assert "reinforce" in get_registry().names("estimator")
+    assert not get_registry().failures

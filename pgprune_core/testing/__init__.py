@@ -2,6 +2,9 @@
 
 Nothing here downloads anything: models are built from a config with seeded random
 weights, tokenizers are trained in a fraction of a second on text that ships with Python.
+:func:`temporary_plugin` registers a plugin for the duration of a test (a no-op when it is
+already installed); :mod:`pgprune_core.testing.oracles` has loss oracles with known answers;
+:mod:`pgprune_core.testing.pytest_plugin` ships the fixtures as a pytest plugin.
 """
 
 from __future__ import annotations
@@ -11,6 +14,20 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
+
+from pgprune_core.plugin.registry import temporary_plugin
+from pgprune_core.testing.oracles import QuadraticOracle, ScriptedOracle
+
+__all__ = [
+    "QuadraticOracle",
+    "ScriptedOracle",
+    "sample_text",
+    "save_tiny_model",
+    "temporary_plugin",
+    "tiny_config",
+    "tiny_model",
+    "tiny_tokenizer",
+]
 
 Arch = Literal["llama", "llama3", "mistral"]
 
