@@ -160,3 +160,14 @@ def test_a_config_that_declares_its_name_is_kept() -> None:
     assert Old.Config.__qualname__.endswith("Old.Config")
     assert "x" in Old.Config.model_fields and Old().config.name == "toy-old"
     assert with_name_literal(Old.Config, "toy-old") is Old.Config
+
+
+def test_the_public_api_is_importable() -> None:
+    import pgprune_core
+    import pgprune_core.optim
+    import pgprune_core.testing
+
+    for module in (pgprune_core, pgprune_core.optim, pgprune_core.testing):
+        for name in module.__all__:
+            assert getattr(module, name) is not None, f"{module.__name__}.{name}"
+    assert pgprune_core.optim.SampledLossEstimator is SampledLossEstimator

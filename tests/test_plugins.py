@@ -196,3 +196,21 @@ def test_temporary_plugin_accepts_an_installed_plugin(registry):
         assert "reinforce" in reg.names("estimator")
     assert "reinforce" in get_registry().names("estimator")
     assert not get_registry().failures
+
+
+def test_fixtures_ship_as_a_pytest_plugin(tmp_path):
+    """A plugin's tests find ``registry`` and ``shared_asset`` from their own folder."""
+    import subprocess
+
+    eps = metadata.entry_points(group="pytest11")
+    assert any(ep.value == "pgprune_core.testing.pytest_plugin" for ep in eps)
+    (tmp_path / "pyproject.toml").write_text("[project]\nname = 'pgprune-toy'\n")
+    (tmp_path / "test_toy.py").write_text(
+        "def test_it(registry, shared_asset, quadratic_oracle):\n"
+        "    assert 'reinforce' in registry.names('estimator')\n"
+        "    assert callable(shared_asset)\n"
+    )
+    result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                             "test_toy.py"], cwd=tmp_path, capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr

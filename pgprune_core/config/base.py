@@ -60,3 +60,11 @@ def with_name_literal(config: type[PluginConfig], name: str, qualname: str | Non
     derived.__doc__ = config.__doc__
     _DERIVED.add(derived)
     return derived
+
+
+def declared_config(config: type[PluginConfig]) -> type[PluginConfig]:
+    """The Config class as its author wrote it: the base of a :func:`with_name_literal`
+    subclass (which adds only ``name``), else ``config`` itself."""
+    while config in _DERIVED:
+        config = config.__mro__[1]
+    return config

@@ -29,7 +29,8 @@ class MagnitudeInitializer(CheckedInitializer):
     kinds = frozenset({"channel", "head", "layer"})
     needs_calibration = False
 
-    Config = InitializerConfig
+    class Config(InitializerConfig):
+        """No options of its own (the name is derived from the class)."""
 
     @torch.no_grad()
     def compute(self, ctx: InitContext) -> torch.Tensor:

@@ -28,7 +28,8 @@ class RandomInitializer(CheckedInitializer):
     kinds = frozenset({"channel", "head", "layer"})
     needs_calibration = False
 
-    Config = InitializerConfig
+    class Config(InitializerConfig):
+        """No options of its own (the name is derived from the class)."""
 
     def compute(self, ctx: InitContext) -> torch.Tensor:
         generator = torch.Generator().manual_seed(derived_seed(ctx.seed, "random-init"))
