@@ -21,8 +21,10 @@ from pgprune_core.testing.oracles import QuadraticOracle, ScriptedOracle
 __all__ = [
     "QuadraticOracle",
     "ScriptedOracle",
+    "fixed_step_estimator",
     "sample_text",
     "save_tiny_model",
+    "step_context",
     "temporary_plugin",
     "tiny_config",
     "tiny_model",
@@ -158,3 +160,29 @@ def save_tiny_model(path: str | Path, arch: Arch = "llama", **kwargs: Any) -> Pa
     model.save_pretrained(path)
     tokenizer.save_pretrained(path)
     return path
+
+
+def step_context(policy: Any, oracle: Any, step: int = 0, total_steps: int = 100,
+                 generator: torch.Generator | None = None, project_fn: Any = None,
+                 batch: torch.Tensor | None = None) -> Any:
+    """A :class:`~pgprune_core.interfaces.StepContext` for estimator tests: a dummy batch
+    (int64 [1, 4], for oracles that ignore it), no projection unless ``project_fn`` is
+    given, a generator seeded 0 unless one is given."""
+    from pgprune_core.interfaces import StepContext
+
+    return StepContext(
+        policy=policy,
+        batch=batch if batch is not None else torch.zeros(1, 4, dtype=torch.int64),
+        oracle=oracle,
+        project=project_fn if project_fn is not None else (lambda z: z),
+        step=step,
+        total_steps=total_steps,
+        generator=generator if generator is not None else torch.Generator().manual_seed(0),
+    )
+
+
+def fixed_step_estimator(cls: Any, **options: Any) -> Any:
+    """``cls`` (an estimator whose Config has the step-size options) with a fixed step
+    size: constant schedule, no step-count scaling; ``options`` override its Config."""
+    base = {"schedule": "constant", "scale_lr_to_steps": False}
+    return cls(cls.Config(**{**base, **options}))
