@@ -16,12 +16,12 @@ import abc
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, Protocol
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
 
 import torch
 from torch import nn
 
-from pgprune_core.config.base import PluginConfig
+from pgprune_core.config.base import PluginConfig, declares_name, with_name_literal
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     from pgprune_core.model.structure import ModelStructure, UnitLayout, UnitSet
@@ -33,6 +33,18 @@ class Plugin:
 
     name: ClassVar[str]
     Config: ClassVar[type[PluginConfig]] = PluginConfig
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        """A plugin states its name once: when its ``Config`` does not declare the ``name``
+        literal, it is derived here from ``cls.name``."""
+        super().__init_subclass__(**kwargs)
+        name = cls.__dict__.get("name", getattr(cls, "name", None))
+        config = cls.__dict__.get("Config", getattr(cls, "Config", None))
+        if not isinstance(name, str) or not name or not isinstance(config, type):
+            return
+        if not issubclass(config, PluginConfig) or declares_name(config):
+            return
+        cls.Config = with_name_literal(config, name, f"{cls.__qualname__}.Config", cls.__module__)
 
     def __init__(self, config: PluginConfig | None = None) -> None:
         # the defaults (a plugin's Config defaults its ``name``; the base's is required)
@@ -49,6 +61,41 @@ class Handle(Protocol):
     """Something installed into a model that can be taken out again (like a torch hook)."""
 
     def remove(self) -> None: ...
+
+
+# -- the loss oracle --------------------------------------------------------------------
+
+
+@runtime_checkable
+class LossOracle(Protocol):
+    """What estimators (and initializers) call to get losses of masked models.
+
+    The core's implementation is :class:`pgprune_core.model.masking.LossOracle`; tests use
+    :class:`pgprune_core.testing.oracles.QuadraticOracle`.  Any object with these members
+    works.
+
+    - ``losses(batch, masks)``: ``batch`` int64 [B, T] token ids (T >= 2), ``masks``
+      [N, n] over the run's :class:`~pgprune_core.model.structure.UnitLayout` (hard 0/1
+      or soft values in [0, 1]).  Returns a 1-D tensor of shape [N], one loss per mask
+      (the mean next-token cross-entropy over the batch), floating point (float32 for the
+      core's oracle), on the device of ``masks``; forward only, no autograd graph.
+      Callers must not rely on the dtype or device: the shared skeleton
+      (:mod:`pgprune_core.optim.sampled`) moves the losses to float64 on the CPU.
+    - ``loss(batch, soft_masks)``: the same values, differentiable w.r.t. ``soft_masks``
+      (for estimators that back-propagate, such as ``gumbel``).
+    - ``forward_passes``: masks evaluated so far (one per mask and batch, counted by
+      ``losses`` and ``loss``); ``backward_passes``: backward passes through the model,
+      recorded by the estimator with ``count_backward(n)`` after it back-propagates.
+    """
+
+    forward_passes: int
+    backward_passes: int
+
+    def losses(self, batch: torch.Tensor, masks: torch.Tensor) -> torch.Tensor: ...
+
+    def loss(self, batch: torch.Tensor, soft_masks: torch.Tensor) -> torch.Tensor: ...
+
+    def count_backward(self, n: int = 1) -> None: ...
 
 
 # -- model adapters ---------------------------------------------------------------------
@@ -141,8 +188,8 @@ class InitContext:
     #: (int64 [B, seq_len]) holding ``n_sequences`` calibration windows in all; None when
     #: the run has no calibration data.
     calibration: Callable[[int, int], Iterator[torch.Tensor]] | None = None
-    #: Evaluates losses of masked models without autograd (see masking.LossOracle).
-    oracle: Any = None
+    #: Evaluates losses of masked models without autograd (a :class:`LossOracle`).
+    oracle: LossOracle | None = None
 
 
 class Initializer(Plugin):
@@ -167,7 +214,7 @@ class StepContext:
 
     policy: BernoulliPolicy
     batch: torch.Tensor
-    oracle: Any
+    oracle: LossOracle
     project: Callable[[torch.Tensor], torch.Tensor]
     step: int
     total_steps: int
@@ -198,6 +245,18 @@ class Estimator(Plugin):
 
     #: False for ``none``: prune from the initial scores without optimising.
     optimises: ClassVar[bool] = True
+
+    @property
+    def forwards_per_step(self) -> int | None:
+        """Forward passes of the batch one :meth:`step` costs (masks evaluated per step).
+        Default: the Config's ``n_samples``; 0 for an estimator that does not optimise;
+        None when unknown.  Override when a step evaluates another number of masks;
+        ``pgprune compare --equal-forwards`` reads it to give every estimator the same
+        forward budget."""
+        if not self.optimises:
+            return 0
+        value = getattr(self.config, "n_samples", None)
+        return value if isinstance(value, int) and not isinstance(value, bool) and value >= 1 else None
 
     def start(self, policy: BernoulliPolicy, total_steps: int) -> None:
         """Reset internal state before the first step of a (stage of a) run."""

@@ -91,9 +91,12 @@ def test_broken_hook_is_isolated(registry):
 
 def test_invalid_plugin_class_is_reported(registry):
     class NoConfigName(Estimator):
-        """Misses the name literal in its Config."""
+        """Its Config declares another name than the class (a missing one is derived)."""
 
         name = "bad-config"
+
+        class Config(PluginConfig):
+            name: Literal["other"] = "other"
 
         def step(self, ctx: StepContext) -> StepStats:
             return StepStats(loss=0.0)
@@ -239,3 +242,34 @@ def test_framework_only_install_names_the_missing_distribution(monkeypatch) -> N
 
     with pytest.raises(MissingPluginError, match="pgprune-llama"):
         adapter_for_config(tiny_config("llama"), reg)
+
+
+def test_temporary_plugin_accepts_an_installed_plugin(registry):
+    """The recipe of docs/plugins.md works when the plugin is installed (entry point)."""
+    import pgprune_reinforce.plugin
+
+    from pgprune_core.testing import temporary_plugin as from_testing
+
+    assert from_testing is temporary_plugin
+    with temporary_plugin(pgprune_reinforce.plugin, "my-reinforce") as reg:
+        assert "reinforce" in reg.names("estimator")
+    assert "reinforce" in get_registry().names("estimator")
+    assert not get_registry().failures
+
+
+def test_fixtures_ship_as_a_pytest_plugin(tmp_path):
+    """A plugin's tests find ``registry`` and ``shared_asset`` from their own folder."""
+    import subprocess
+
+    eps = metadata.entry_points(group="pytest11")
+    assert any(ep.value == "pgprune_core.testing.pytest_plugin" for ep in eps)
+    (tmp_path / "pyproject.toml").write_text("[project]\nname = 'pgprune-toy'\n")
+    (tmp_path / "test_toy.py").write_text(
+        "def test_it(registry, shared_asset, quadratic_oracle):\n"
+        "    assert 'reinforce' in registry.names('estimator')\n"
+        "    assert callable(shared_asset)\n"
+    )
+    result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                             "test_toy.py"], cwd=tmp_path, capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr

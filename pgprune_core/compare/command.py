@@ -36,6 +36,7 @@ from pgprune_core.compare.grid import (
     parse_list,
 )
 from pgprune_core.config.resolve import parse_overrides
+from pgprune_core.errors import ConfigError
 from pgprune_core.plugin.hookspecs import hookimpl
 from pgprune_core.report.console import console, err_console
 
@@ -104,9 +105,11 @@ def _print_cells(cells: list[Cell]) -> None:
         table.add_column(column)
     for cell in cells:
         steps = cell.config.training.steps
-        per_step = getattr(cell.config.estimator, "n_samples", None)
-        table.add_row(cell.name, "epoch" if steps is None else str(steps),
-                      "?" if per_step is None else str(forwards_per_step(cell.config)),
+        try:
+            per_step = str(forwards_per_step(cell.config))
+        except ConfigError:
+            per_step = "?"
+        table.add_row(cell.name, "epoch" if steps is None else str(steps), per_step,
                       cell_status(cell))
     console.print(table)
 

@@ -142,14 +142,17 @@ def split_estimator_overrides(
     return common, specific
 
 
-def forwards_per_step(config: RunConfig) -> int:
-    """Forward passes of the batch per optimisation step: the estimator's ``n_samples``
-    (masks evaluated per step), the convention every bundled estimator follows."""
-    value = getattr(config.estimator, "n_samples", None)
+def forwards_per_step(config: RunConfig, registry: Registry | None = None) -> int:
+    """Forward passes of the batch per optimisation step, as the estimator declares them
+    (:attr:`pgprune_core.interfaces.Estimator.forwards_per_step`, by default its
+    ``n_samples``)."""
+    registry = registry or get_registry()
+    cls = registry.cls("estimator", config.estimator.name)
+    value = cls(config.estimator).forwards_per_step
     if not isinstance(value, int) or value < 1:
         raise ConfigError(
-            f"--equal-forwards needs each estimator's masks per step; estimator "
-            f"'{config.estimator.name}' has no 'n_samples' option"
+            f"--equal-forwards needs each estimator's forward passes per step; estimator "
+            f"'{config.estimator.name}' does not declare them (forwards_per_step)"
         )
     return value
 
@@ -193,13 +196,13 @@ def build_cells(request: CompareRequest, registry: Registry | None = None) -> tu
                               "the first estimator's masks per step")
         first = resolve(axes.estimators[0], axes.inits[0], axes.budgets[0], axes.rates[0],
                         axes.seeds[0], {})
-        budget_forwards = base.training.steps * forwards_per_step(first)
+        budget_forwards = base.training.steps * forwards_per_step(first, registry)
     cells = []
     for estimator, init, budget, rate, seed in itertools.product(
             axes.estimators, axes.inits, axes.budgets, axes.rates, axes.seeds):
         config = resolve(estimator, init, budget, rate, seed, {})
         if budget_forwards is not None and registry.cls("estimator", estimator).optimises:
-            steps = max(1, round(budget_forwards / forwards_per_step(config)))
+            steps = max(1, round(budget_forwards / forwards_per_step(config, registry)))
             config = resolve(estimator, init, budget, rate, seed, {"training.steps": steps})
         path = runs / cell_name(estimator, init, budget, rate, seed)
         cells.append(Cell(estimator, init, budget, rate, seed, config, path))

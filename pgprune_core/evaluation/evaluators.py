@@ -4,7 +4,7 @@ to the :class:`~pgprune_core.interfaces.Evaluator` interface and its options).""
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import Field
 
@@ -30,7 +30,6 @@ class PerplexityEvaluator(Evaluator):
     name = "perplexity"
 
     class Config(PluginConfig):
-        name: Literal["perplexity"] = "perplexity"
         #: window length; None = the evaluation section's seq_len (paper: 128; App. A.5: 2048)
         seq_len: int | None = Field(default=None, gt=1)
         #: windows per forward pass; None = the evaluation section's batch_size
@@ -73,7 +72,6 @@ class EfficiencyEvaluator(Evaluator):
     name = "efficiency"
 
     class Config(PluginConfig):
-        name: Literal["efficiency"] = "efficiency"
         #: forward-pass shape for latency and peak memory (paper App. A.5: 4 x 2048 on GPU)
         batch_size: int = Field(default=1, gt=0)
         #: None = the evaluation section's seq_len

@@ -36,7 +36,6 @@ class LayerwisePplInitializer(CheckedInitializer):
     needs_calibration = True
 
     class Config(InitializerConfig):
-        name: Literal["layerwise-ppl"] = "layerwise-ppl"
         #: calibration windows (Shortened LLaMA: 10)
         n_sequences: int = Field(default=10, gt=0)
         #: tokens per window (Shortened LLaMA: 128)

@@ -11,7 +11,6 @@ other.  Cost: one pass over the weights, no forward pass, no extra memory.
 from __future__ import annotations
 
 from functools import partial
-from typing import Literal
 
 import torch
 
@@ -31,7 +30,7 @@ class MagnitudeInitializer(CheckedInitializer):
     needs_calibration = False
 
     class Config(InitializerConfig):
-        name: Literal["magnitude"] = "magnitude"
+        """No options of its own (the name is derived from the class)."""
 
     @torch.no_grad()
     def compute(self, ctx: InitContext) -> torch.Tensor:

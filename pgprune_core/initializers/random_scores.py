@@ -12,8 +12,6 @@ numbers the initial probabilities were made from, coupling the first samples to 
 
 from __future__ import annotations
 
-from typing import Literal
-
 import torch
 
 from pgprune_core.config.base import InitializerConfig
@@ -31,7 +29,7 @@ class RandomInitializer(CheckedInitializer):
     needs_calibration = False
 
     class Config(InitializerConfig):
-        name: Literal["random"] = "random"
+        """No options of its own (the name is derived from the class)."""
 
     def compute(self, ctx: InitContext) -> torch.Tensor:
         generator = torch.Generator().manual_seed(derived_seed(ctx.seed, "random-init"))

@@ -49,7 +49,6 @@ class TaylorInitializer(CheckedInitializer):
     needs_calibration = True
 
     class Config(InitializerConfig):
-        name: Literal["taylor"] = "taylor"
         #: calibration windows (LLM-Pruner: 10 examples)
         n_sequences: int = Field(default=10, gt=0)
         #: tokens per window (LLM-Pruner: 64)

@@ -26,7 +26,6 @@ class UniformInitializer(CheckedInitializer):
     needs_calibration = False
 
     class Config(InitializerConfig):
-        name: Literal["uniform"] = "uniform"
         #: score-const would turn the all-tied scores into a mask chosen by position
         transform: Literal["sigmoid-norm"] = "sigmoid-norm"
 

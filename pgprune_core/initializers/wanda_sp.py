@@ -23,7 +23,7 @@ mask for every batch (``n_sequences x seq_len^2`` booleans: 128 MiB for 128 x 10
 from __future__ import annotations
 
 from functools import partial
-from typing import Literal, cast
+from typing import cast
 
 import torch
 from pydantic import Field
@@ -45,7 +45,6 @@ class WandaSpInitializer(CheckedInitializer):
     needs_calibration = True
 
     class Config(InitializerConfig):
-        name: Literal["wanda-sp"] = "wanda-sp"
         #: calibration windows (the authors: 128 C4 sequences)
         n_sequences: int = Field(default=128, gt=0)
         #: tokens per window (the authors: 1024; smaller is fine for small models or CPU)

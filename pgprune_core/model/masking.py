@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from pgprune_core.interfaces import Granularity, Handle
+from pgprune_core.interfaces import LossOracle as LossOracleProtocol
 from pgprune_core.model.structure import ModelStructure, UnitLayout
 
 #: upper bound on the elements of the temporaries of one cross-entropy chunk (64 MiB fp32)
@@ -68,8 +69,9 @@ def token_nll_sums(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
     return torch.cat(sums)
 
 
-class LossOracle:
-    """Losses of masked models on a batch, for the estimators.
+class LossOracle(LossOracleProtocol):
+    """Losses of masked models on a batch, for the estimators (implements
+    :class:`pgprune_core.interfaces.LossOracle`).
 
     ``losses(batch [B, T], masks [N, n]) -> [N]``: per mask, the mean next-token cross-entropy
     over all ``B * (T - 1)`` predicted tokens, all masks in one forward of the batch repeated

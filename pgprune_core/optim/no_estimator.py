@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Literal
-
-from pgprune_core.config.base import PluginConfig
 from pgprune_core.interfaces import Estimator, StepContext, StepStats
 from pgprune_core.plugin.hookspecs import hookimpl
 
@@ -15,8 +12,6 @@ class NoEstimator(Estimator):
     name = "none"
     optimises = False
 
-    class Config(PluginConfig):
-        name: Literal["none"] = "none"
 
     def step(self, ctx: StepContext) -> StepStats:
         raise RuntimeError("the 'none' estimator takes no steps; the loop must not call it")

@@ -13,11 +13,9 @@ projection is negligible next to one forward pass.)
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Literal
 
 import torch
 
-from pgprune_core.config.base import PluginConfig
 from pgprune_core.interfaces import Constraint, Projector
 from pgprune_core.plugin.hookspecs import hookimpl
 
@@ -60,8 +58,6 @@ class BisectionProjector(Projector):
 
     name = "bisection"
 
-    class Config(PluginConfig):
-        name: Literal["bisection"] = "bisection"
 
     def project(self, z: torch.Tensor, constraints: Sequence[Constraint]) -> torch.Tensor:
         return project(z, constraints)

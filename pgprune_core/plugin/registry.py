@@ -258,8 +258,14 @@ def reset_registry() -> None:
 
 @contextlib.contextmanager
 def temporary_plugin(plugin: object, name: str, distribution: str = "test") -> Iterator[Registry]:
-    """Register ``plugin`` for the duration of a ``with`` block, then unregister it."""
+    """Register ``plugin`` for the duration of a ``with`` block, then unregister it.
+
+    When ``plugin`` is already registered (the plugin under test is installed, so its entry
+    point loaded it), the registry is yielded as it is and nothing is removed afterwards."""
     registry = get_registry()
+    if registry.plugins.pm.is_registered(plugin):
+        yield registry
+        return
     registry.plugins.add(plugin, PluginOrigin(name, distribution, "0"))
     try:
         registry.rebuild()

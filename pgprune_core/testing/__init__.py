@@ -2,6 +2,9 @@
 
 Nothing here downloads anything: models are built from a config with seeded random
 weights, tokenizers are trained in a fraction of a second on text that ships with Python.
+:func:`temporary_plugin` registers a plugin for the duration of a test (a no-op when it is
+already installed); :mod:`pgprune_core.testing.oracles` has loss oracles with known answers;
+:mod:`pgprune_core.testing.pytest_plugin` ships the fixtures as a pytest plugin.
 """
 
 from __future__ import annotations
@@ -11,6 +14,22 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
+
+from pgprune_core.plugin.registry import temporary_plugin
+from pgprune_core.testing.oracles import QuadraticOracle, ScriptedOracle
+
+__all__ = [
+    "QuadraticOracle",
+    "ScriptedOracle",
+    "fixed_step_estimator",
+    "sample_text",
+    "save_tiny_model",
+    "step_context",
+    "temporary_plugin",
+    "tiny_config",
+    "tiny_model",
+    "tiny_tokenizer",
+]
 
 Arch = Literal["llama", "llama3", "mistral"]
 
@@ -141,3 +160,29 @@ def save_tiny_model(path: str | Path, arch: Arch = "llama", **kwargs: Any) -> Pa
     model.save_pretrained(path)
     tokenizer.save_pretrained(path)
     return path
+
+
+def step_context(policy: Any, oracle: Any, step: int = 0, total_steps: int = 100,
+                 generator: torch.Generator | None = None, project_fn: Any = None,
+                 batch: torch.Tensor | None = None) -> Any:
+    """A :class:`~pgprune_core.interfaces.StepContext` for estimator tests: a dummy batch
+    (int64 [1, 4], for oracles that ignore it), no projection unless ``project_fn`` is
+    given, a generator seeded 0 unless one is given."""
+    from pgprune_core.interfaces import StepContext
+
+    return StepContext(
+        policy=policy,
+        batch=batch if batch is not None else torch.zeros(1, 4, dtype=torch.int64),
+        oracle=oracle,
+        project=project_fn if project_fn is not None else (lambda z: z),
+        step=step,
+        total_steps=total_steps,
+        generator=generator if generator is not None else torch.Generator().manual_seed(0),
+    )
+
+
+def fixed_step_estimator(cls: Any, **options: Any) -> Any:
+    """``cls`` (an estimator whose Config has the step-size options) with a fixed step
+    size: constant schedule, no step-count scaling; ``options`` override its Config."""
+    base = {"schedule": "constant", "scale_lr_to_steps": False}
+    return cls(cls.Config(**{**base, **options}))

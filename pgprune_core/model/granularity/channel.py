@@ -8,12 +8,9 @@ exactly what a physically removed channel contributes: nothing.
 
 from __future__ import annotations
 
-from typing import Literal
-
 import torch
 from torch import nn
 
-from pgprune_core.config.base import PluginConfig
 from pgprune_core.interfaces import Granularity, Handle
 from pgprune_core.model.granularity.rowmask import by_layer, install_input_masks, per_layer_units
 from pgprune_core.model.granularity.slicing import keep_columns, keep_rows, kept_indices
@@ -36,8 +33,6 @@ class ChannelGranularity(Granularity):
     name = "channel"
     surgery_order = 0
 
-    class Config(PluginConfig):
-        name: Literal["channel"] = "channel"
 
     def units(self, structure: ModelStructure) -> UnitSet:
         return per_layer_units(self.name, (

@@ -10,12 +10,9 @@ there is exactly a removed group (its q/k/v rows then influence nothing).
 
 from __future__ import annotations
 
-from typing import Literal
-
 import torch
 from torch import nn
 
-from pgprune_core.config.base import PluginConfig
 from pgprune_core.interfaces import Granularity, Handle
 from pgprune_core.model.granularity.rowmask import by_layer, install_input_masks, per_layer_units
 from pgprune_core.model.granularity.slicing import (
@@ -47,8 +44,6 @@ class HeadGranularity(Granularity):
     name = "head"
     surgery_order = 0
 
-    class Config(PluginConfig):
-        name: Literal["head"] = "head"
 
     def units(self, structure: ModelStructure) -> UnitSet:
         return per_layer_units(self.name, (

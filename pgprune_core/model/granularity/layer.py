@@ -10,12 +10,11 @@ called.  That is done by swapping the layer, for the duration of the masking, fo
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from torch import nn
 
-from pgprune_core.config.base import PluginConfig
 from pgprune_core.interfaces import Granularity, Handle
 from pgprune_core.model.granularity.rowmask import by_layer, computing_rows, is_all_ones
 from pgprune_core.model.pruned_modeling import record_empty_step
@@ -119,8 +118,6 @@ class LayerGranularity(Granularity):
     #: cut after channels and heads: removing layers renumbers the rest
     surgery_order = 10
 
-    class Config(PluginConfig):
-        name: Literal["layer"] = "layer"
 
     def units(self, structure: ModelStructure) -> UnitSet:
         n = structure.n_layers

@@ -22,15 +22,12 @@ activation alive: the price Remark 2 names and this plugin exists to measure.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any, Literal
-
 import torch
 from pydantic import Field, model_validator
 
-from pgprune_core import Estimator, StepContext, StepStats
-from pgprune_core.optim.skips import NonFiniteSkips
-from pgprune_core.optim.step_size import StepSizeConfig, effective_lr, projected_step
+from pgprune_core import StepContext
+from pgprune_core.optim.sampled import SampledLossEstimator, Samples
+from pgprune_core.optim.step_size import StepSizeConfig, projected_step
 
 from .temperature import TemperatureSchedule, temperature
 
@@ -38,13 +35,12 @@ from .temperature import TemperatureSchedule, temperature
 _UNIFORM_EPS = 1e-12
 
 
-class GumbelEstimator(Estimator):
+class GumbelEstimator(SampledLossEstimator):
     """Relaxed-Bernoulli (Gumbel-softmax) masks, gradient by back-propagation through the model."""
 
     name = "gumbel"
 
     class Config(StepSizeConfig):
-        name: Literal["gumbel"] = "gumbel"
         #: base learning rate, for a run of lr_reference_steps (x15 for runs under 1,000
         #: steps): 10x reinforce's, because the relaxed gradient has far less variance and
         #: a per-unit size of only ~1e-3 (see README, "Choosing the learning rate")
@@ -67,40 +63,36 @@ class GumbelEstimator(Estimator):
             return self
 
     config: Config
+    uses_baseline = False
+    skip_extra = ("grad_norm", "update_abs_mean")
 
-    def __init__(self, config: Config | None = None) -> None:
-        super().__init__(config)
-        self._skips = NonFiniteSkips(self.name)
-
-    def step(self, ctx: StepContext) -> StepStats:
+    def tau(self, ctx: StepContext) -> float:
+        """The temperature of this step."""
         cfg = self.config
-        policy = ctx.policy
-        lr = effective_lr(cfg, ctx.step, ctx.total_steps, ctx.run_steps)
-        tau = temperature(ctx.step, ctx.total_steps, cfg.tau_start, cfg.tau_end, cfg.tau_schedule)
-        free = ~policy.fixed
-        theta = policy.probs[free].requires_grad_(True)
-        masks = self.relaxed_masks(theta, free, cfg.n_samples, tau, ctx.generator)
+        return temperature(ctx.step, ctx.total_steps, cfg.tau_start, cfg.tau_end, cfg.tau_schedule)
+
+    def step_extra(self, ctx: StepContext) -> dict[str, float]:
+        return {"tau": self.tau(ctx)}
+
+    def draw(self, ctx: StepContext) -> Samples:
+        """Relaxed masks of the free units' probabilities, evaluated with autograd on."""
+        free = ~ctx.policy.fixed
+        theta = ctx.policy.probs[free].requires_grad_(True)
+        masks = self.relaxed_masks(theta, free, self.n_samples, self.tau(ctx), ctx.generator)
         losses = ctx.oracle.loss(ctx.batch, masks.to(torch.float32)).reshape(-1)
-        if losses.numel() != cfg.n_samples:
-            raise RuntimeError(f"the oracle returned {losses.numel()} losses for {cfg.n_samples} masks")
-        detached = losses.detach().to(device="cpu", dtype=torch.float64)
-        mean_loss = float(detached.mean())
-        if not self._skips.finite(detached, ctx.step):
-            return StepStats(loss=mean_loss, skipped=True,
-                             extra={"lr": lr, "tau": tau, "grad_norm": 0.0,
-                                    "skipped_total": float(self._skips.count),
-                                    "update_abs_mean": 0.0})
+        return Samples(masks, losses, aux=(theta, free))
+
+    def update(self, ctx: StepContext, samples: Samples, advantages: torch.Tensor,
+               lr: float | None) -> dict[str, float]:
+        assert lr is not None
+        theta, free = samples.aux
         # gradients to theta only: nothing accumulates in any .grad of the model
-        (grad_free,) = torch.autograd.grad(losses.mean(), theta)
-        ctx.oracle.count_backward(cfg.n_samples)
-        grad = torch.zeros(len(policy), dtype=torch.float64)
+        (grad_free,) = torch.autograd.grad(samples.losses.mean(), theta)
+        ctx.oracle.count_backward(self.n_samples)
+        grad = torch.zeros(len(ctx.policy), dtype=torch.float64)
         grad[free] = grad_free.detach().to(device="cpu", dtype=torch.float64)
-        moved = projected_step(policy, ctx.project, lr * grad)
-        return StepStats(
-            loss=mean_loss,
-            extra={"lr": lr, "tau": tau, "grad_norm": float(grad.norm()),
-                   "skipped_total": float(self._skips.count), "update_abs_mean": moved},
-        )
+        moved = projected_step(ctx.policy, ctx.project, lr * grad)
+        return {"grad_norm": float(grad.norm()), "update_abs_mean": moved}
 
     def relaxed_masks(self, theta: torch.Tensor, free: torch.Tensor, n_samples: int,
                       tau: float, generator: torch.Generator) -> torch.Tensor:
@@ -118,13 +110,3 @@ class GumbelEstimator(Estimator):
         masks = torch.ones((n_samples, free.numel()), dtype=torch.float64, device=theta.device)
         masks[:, free.to(theta.device)] = soft
         return masks
-
-    # -- checkpointing ------------------------------------------------------------------
-    def state_dict(self) -> dict[str, Any]:
-        """The temperature and learning rate are functions of the step; only the count of
-        skipped steps is state."""
-        return {"skipped": self._skips.count}
-
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        self._skips.count = int(state["skipped"])
-

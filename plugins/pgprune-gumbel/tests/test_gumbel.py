@@ -4,7 +4,6 @@ the temperature schedule, optimisation under a budget, checkpoints."""
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -12,35 +11,23 @@ import torch
 from pgprune_gumbel import GumbelEstimator, temperature
 from pydantic import ValidationError
 
-from pgprune_core.interfaces import StepContext
 from pgprune_core.model.structure import UnitLayout, UnitSet
 from pgprune_core.optim.budget import Budget
 from pgprune_core.optim.policy import BernoulliPolicy
 from pgprune_core.optim.projection import project
 from pgprune_core.plugin.registry import get_registry
+from pgprune_core.testing import fixed_step_estimator, step_context
 from pgprune_core.testing.oracles import QuadraticOracle
 
 S0 = torch.tensor([0.2, 0.35, 0.5, 0.65, 0.8, 0.9], dtype=torch.float64)
 
 
-def _ctx(policy: BernoulliPolicy, oracle: Any, step: int = 0, total_steps: int = 100,
-         generator: torch.Generator | None = None,
-         project_fn: Callable[[torch.Tensor], torch.Tensor] | None = None,
-         batch: torch.Tensor | None = None) -> StepContext:
-    return StepContext(
-        policy=policy,
-        batch=batch if batch is not None else torch.zeros(1, 4, dtype=torch.int64),
-        oracle=oracle,
-        project=project_fn if project_fn is not None else (lambda z: z),
-        step=step,
-        total_steps=total_steps,
-        generator=generator if generator is not None else torch.Generator().manual_seed(0),
-    )
+_ctx = step_context
 
 
 def _plain(**options: Any) -> GumbelEstimator:
-    base = {"schedule": "constant", "scale_lr_to_steps": False}
-    return GumbelEstimator(GumbelEstimator.Config(**{**base, **options}))
+    """A fixed step size: constant schedule, no length scaling."""
+    return fixed_step_estimator(GumbelEstimator, **options)
 
 
 # -- the relaxed masks ------------------------------------------------------------------

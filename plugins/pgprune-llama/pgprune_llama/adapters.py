@@ -10,9 +10,6 @@ which pruning does not touch.
 
 from __future__ import annotations
 
-from typing import Literal
-
-from pgprune_core import PluginConfig
 from pgprune_core.model.hf_adapter import HFDecoderAdapter
 from pgprune_core.model.structure import ModuleNames
 
@@ -28,17 +25,11 @@ class LlamaAdapter(HFDecoderAdapter):
     model_class = "transformers.LlamaForCausalLM"
     names = LLAMA_NAMES
 
-    class Config(PluginConfig):
-        name: Literal["llama"] = "llama"
-
 
 class VicunaAdapter(LlamaAdapter):
     """Vicuna (a fine-tuned LLaMA; same architecture, its own name for resolution and reports)."""
 
     name = "vicuna"
-
-    class Config(PluginConfig):
-        name: Literal["vicuna"] = "vicuna"
 
 
 def is_vicuna(model_config: object) -> bool:

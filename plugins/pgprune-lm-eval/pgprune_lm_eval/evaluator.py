@@ -66,7 +66,6 @@ class LmEvalEvaluator(Evaluator):
     name = "lm-eval"
 
     class Config(PluginConfig):
-        name: Literal["lm-eval"] = "lm-eval"
         #: lm-eval task (or group) names; comma-separated on the command line
         tasks: list[str] = Field(default_factory=lambda: list(DEFAULT_TASKS))
         #: documents per task: a count, or a fraction below 1; None = all (for quick checks only)

@@ -8,9 +8,6 @@ from the config, which pruning keeps), so the generic machinery of
 
 from __future__ import annotations
 
-from typing import Literal
-
-from pgprune_core import PluginConfig
 from pgprune_core.model.hf_adapter import HFDecoderAdapter
 from pgprune_core.model.structure import ModuleNames
 
@@ -25,6 +22,3 @@ class MistralAdapter(HFDecoderAdapter):
     model_types = ("mistral",)
     model_class = "transformers.MistralForCausalLM"
     names = MISTRAL_NAMES
-
-    class Config(PluginConfig):
-        name: Literal["mistral"] = "mistral"

@@ -22,17 +22,13 @@ the ratio leaves the clip range.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any, Literal
-
 import torch
 from pydantic import Field
 
-from pgprune_core import Estimator, StepContext, StepStats
-from pgprune_core.optim.baselines import BaselineKind, LossBaseline
-from pgprune_core.optim.policy import BernoulliPolicy
-from pgprune_core.optim.skips import NonFiniteSkips
-from pgprune_core.optim.step_size import StepSizeConfig, effective_lr, projected_step
+from pgprune_core import StepContext
+from pgprune_core.optim.baselines import BaselineKind
+from pgprune_core.optim.sampled import SampledLossEstimator, Samples
+from pgprune_core.optim.step_size import StepSizeConfig, projected_step
 
 from .surrogate import ClippedSurrogate
 
@@ -40,13 +36,12 @@ from .surrogate import ClippedSurrogate
 _MIN_STD = 1e-12
 
 
-class PpoEstimator(Estimator):
+class PpoEstimator(SampledLossEstimator):
     """PPO (clipped surrogate, per-unit ratios) on the Bernoulli policy; forward passes only."""
 
     name = "ppo"
 
     class Config(StepSizeConfig):
-        name: Literal["ppo"] = "ppo"
         #: base learning rate per update, in units of normalised advantage (see README)
         lr: float = Field(default=3e-5, gt=0)
         #: masks sampled per step (M); each costs one forward pass of the batch
@@ -61,55 +56,30 @@ class PpoEstimator(Estimator):
         window: int = Field(default=5, ge=1)
 
     config: Config
+    skip_extra = ("clip_fraction", "update_abs_mean")
 
-    def __init__(self, config: Config | None = None) -> None:
-        super().__init__(config)
-        self._baseline = LossBaseline(self.config.baseline, self.config.window)
-        self._skips = NonFiniteSkips(self.name)
-
-    def start(self, policy: BernoulliPolicy, total_steps: int) -> None:
-        """Forget the baseline (a new stage starts at another loss level)."""
-        self._baseline.reset()
-
-    def step(self, ctx: StepContext) -> StepStats:
-        cfg = self.config
+    def update(self, ctx: StepContext, samples: Samples, advantages: torch.Tensor,
+               lr: float | None) -> dict[str, float]:
+        assert lr is not None
         policy = ctx.policy
-        lr = effective_lr(cfg, ctx.step, ctx.total_steps, ctx.run_steps)
-        masks = policy.sample(cfg.n_samples, ctx.generator)
-        losses = torch.as_tensor(ctx.oracle.losses(ctx.batch, masks)).detach()
-        losses = losses.to(device="cpu", dtype=torch.float64).reshape(-1)
-        if losses.numel() != cfg.n_samples:
-            raise RuntimeError(f"the oracle returned {losses.numel()} losses for {cfg.n_samples} masks")
-        mean_loss = float(losses.mean())
-        if not self._skips.finite(losses, ctx.step):
-            return StepStats(loss=mean_loss, baseline=self._baseline.value, skipped=True,
-                             extra={"lr": lr, "clip_fraction": 0.0, "update_abs_mean": 0.0,
-                                    "skipped_total": float(self._skips.count)})
-        advantages, baseline = self._baseline.advantages(losses)
         free = ~policy.fixed
         surrogate = ClippedSurrogate(
-            masks=masks.to(device="cpu", dtype=torch.float64)[:, free],
+            masks=samples.masks.to(device="cpu", dtype=torch.float64)[:, free],
             advantages=self.normalised_rewards(advantages),
             old=policy.probs[free],
-            clip=cfg.clip,
+            clip=self.config.clip,
         )
         moved = 0.0
-        for _ in range(cfg.epochs):
+        for _ in range(self.config.epochs):
             ascent = torch.zeros(len(policy), dtype=torch.float64)
             ascent[free] = surrogate.gradient(policy.probs[free])
             moved += projected_step(policy, ctx.project, -lr * ascent)
         final = policy.probs[free]
-        return StepStats(
-            loss=mean_loss,
-            baseline=baseline,
-            extra={
-                "lr": lr,
-                # share of (mask, unit) terms the clip had switched off after the last update
-                "clip_fraction": float(surrogate.clipped(final).double().mean()),
-                "update_abs_mean": moved,
-                "skipped_total": float(self._skips.count),
-            },
-        )
+        return {
+            # share of (mask, unit) terms the clip had switched off after the last update
+            "clip_fraction": float(surrogate.clipped(final).double().mean()),
+            "update_abs_mean": moved,
+        }
 
     @staticmethod
     def normalised_rewards(advantages: torch.Tensor) -> torch.Tensor:
@@ -119,11 +89,3 @@ class PpoEstimator(Estimator):
         if not std > _MIN_STD:
             return torch.zeros_like(advantages)
         return -advantages / std
-
-    # -- checkpointing ------------------------------------------------------------------
-    def state_dict(self) -> dict[str, Any]:
-        return {**self._baseline.state_dict(), "skipped": self._skips.count}
-
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        self._baseline.load_state_dict(state)
-        self._skips.count = int(state["skipped"])

@@ -16,26 +16,24 @@ the README) so that short runs still move the probabilities.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any, Literal
+from typing import Literal
 
 import torch
 from pydantic import Field, model_validator
 
-from pgprune_core import Estimator, StepContext, StepStats
-from pgprune_core.optim.baselines import BaselineKind, LossBaseline
+from pgprune_core import StepContext
+from pgprune_core.optim.baselines import BaselineKind
 from pgprune_core.optim.policy import BernoulliPolicy, ScoreVariant
-from pgprune_core.optim.skips import NonFiniteSkips
+from pgprune_core.optim.sampled import SampledLossEstimator, Samples
 from pgprune_core.optim.step_size import StepSizeConfig, effective_lr, projected_step
 
 
-class ReinforceEstimator(Estimator):
+class ReinforceEstimator(SampledLossEstimator):
     """REINFORCE with a moving-average baseline, projected onto the budget (paper Eqs. 7-8)."""
 
     name = "reinforce"
 
     class Config(StepSizeConfig):
-        name: Literal["reinforce"] = "reinforce"
         #: masks sampled per step (N_s; paper: 2)
         n_samples: int = Field(default=2, ge=1)
         #: moving-average window (T of Eq. 8; paper: 5)
@@ -57,51 +55,15 @@ class ReinforceEstimator(Estimator):
             return self
 
     config: Config
+    skip_extra = ("grad_norm", "update_abs_mean")
 
-    def __init__(self, config: Config | None = None) -> None:
-        super().__init__(config)
-        self._baseline = LossBaseline(self.config.baseline, self.config.window)
-        self._skips = NonFiniteSkips(self.name)
-
-    # -- the run ------------------------------------------------------------------------
-    def start(self, policy: BernoulliPolicy, total_steps: int) -> None:
-        """Forget the baseline (a new stage starts at another loss level).  The skip
-        counter runs over the estimator's whole life, all stages together."""
-        self._baseline.reset()
-
-    def step(self, ctx: StepContext) -> StepStats:
-        cfg = self.config
-        policy = ctx.policy
-        masks = policy.sample(cfg.n_samples, ctx.generator)
-        losses = torch.as_tensor(ctx.oracle.losses(ctx.batch, masks)).detach()
-        losses = losses.to(device="cpu", dtype=torch.float64).reshape(-1)
-        if losses.numel() != cfg.n_samples:
-            raise RuntimeError(f"the oracle returned {losses.numel()} losses for {cfg.n_samples} masks")
-        lr = self.effective_lr(ctx.step, ctx.total_steps, ctx.run_steps)
-        mean_loss = float(losses.mean())
-        if not self._skips.finite(losses, ctx.step):
-            # nothing was applied: report a zero update (NaN would not survive strict JSON)
-            return StepStats(
-                loss=mean_loss,
-                baseline=self._baseline.value,
-                skipped=True,
-                extra={"lr": lr, "grad_norm": 0.0, "skipped_total": float(self._skips.count),
-                       "update_abs_mean": 0.0},
-            )
-        advantages, baseline = self.advantages(losses)
-        grad = self.gradient(policy, masks, advantages)
-        moved = projected_step(policy, ctx.project, lr * grad)
-        return StepStats(
-            loss=mean_loss,
-            baseline=baseline,
-            extra={
-                "lr": lr,
-                "grad_norm": float(grad.norm()),
-                "skipped_total": float(self._skips.count),
-                # how far the probabilities moved: the number that tells a too-small lr
-                "update_abs_mean": moved,
-            },
-        )
+    def update(self, ctx: StepContext, samples: Samples, advantages: torch.Tensor,
+               lr: float | None) -> dict[str, float]:
+        assert lr is not None
+        grad = self.gradient(ctx.policy, samples.masks, advantages)
+        moved = projected_step(ctx.policy, ctx.project, lr * grad)
+        # how far the probabilities moved: the number that tells a too-small lr
+        return {"grad_norm": float(grad.norm()), "update_abs_mean": moved}
 
     # -- the pieces of Eq. 7 ------------------------------------------------------------
     def effective_lr(self, step: int, total_steps: int, run_steps: int | None = None) -> float:
@@ -112,6 +74,7 @@ class ReinforceEstimator(Estimator):
     def advantages(self, losses: torch.Tensor) -> tuple[torch.Tensor, float | None]:
         """``L(m_i) - b_i`` (float64 [N_s]) and the shared baseline, if there is one.
         Advances the moving average (Eq. 8) as a side effect."""
+        assert self._baseline is not None
         return self._baseline.advantages(losses)
 
     def gradient(
@@ -120,11 +83,3 @@ class ReinforceEstimator(Estimator):
         """float64 [n]: the bracket of Eq. 7, ``1/D * sum_i advantage_i * score(m_i)``."""
         divisor = masks.shape[0] - 1 if self.config.normalize == "unbiased" else masks.shape[0]
         return advantages @ policy.score(masks, self.config.score) / divisor
-
-    # -- checkpointing ------------------------------------------------------------------
-    def state_dict(self) -> dict[str, Any]:
-        return {**self._baseline.state_dict(), "skipped": self._skips.count}
-
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        self._baseline.load_state_dict(state)
-        self._skips.count = int(state["skipped"])

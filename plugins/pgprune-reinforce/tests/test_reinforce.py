@@ -9,7 +9,7 @@ so ``E[L] = a.s + s^T B s - diag(B).s^2 + diag(B).s`` and
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import pytest
@@ -18,13 +18,13 @@ from pgprune_reinforce import ReinforceEstimator
 from pydantic import ValidationError
 
 from pgprune_core.errors import ConfigError
-from pgprune_core.interfaces import StepContext
 from pgprune_core.model.structure import UnitLayout, UnitSet
 from pgprune_core.optim.budget import Budget
 from pgprune_core.optim.policy import BernoulliPolicy
 from pgprune_core.optim.projection import project
 from pgprune_core.optim.schedules import learning_rate, steps_scaled_lr
 from pgprune_core.plugin.registry import get_registry
+from pgprune_core.testing import fixed_step_estimator, step_context
 
 S0 = torch.tensor([0.2, 0.35, 0.5, 0.65, 0.8, 0.9], dtype=torch.float64)
 
@@ -77,29 +77,12 @@ class ScriptedOracle:
         return torch.tensor(self.script[len(self.masks) - 1], dtype=torch.float32)
 
 
-def _ctx(
-    policy: BernoulliPolicy,
-    oracle: Any,
-    step: int = 0,
-    total_steps: int = 100,
-    generator: torch.Generator | None = None,
-    project_fn: Callable[[torch.Tensor], torch.Tensor] | None = None,
-) -> StepContext:
-    return StepContext(
-        policy=policy,
-        batch=torch.zeros(1, 4, dtype=torch.int64),
-        oracle=oracle,
-        project=project_fn if project_fn is not None else (lambda z: z),
-        step=step,
-        total_steps=total_steps,
-        generator=generator if generator is not None else torch.Generator().manual_seed(0),
-    )
+_ctx = step_context
 
 
 def _plain(**options: Any) -> ReinforceEstimator:
     """A fixed step size: constant schedule, no length scaling."""
-    base = {"schedule": "constant", "scale_lr_to_steps": False}
-    return ReinforceEstimator(ReinforceEstimator.Config(**{**base, **options}))
+    return fixed_step_estimator(ReinforceEstimator, **options)
 
 
 # -- unbiasedness -----------------------------------------------------------------------
