@@ -163,11 +163,17 @@ def resolve_config(
     overrides: Mapping[str, Any] | None = None,
     registry: Registry | None = None,
 ) -> RunConfig:
-    """Defaults < file < CLI flags < dotted overrides, validated into a :class:`RunConfig`."""
+    """Defaults < file < CLI flags < dotted overrides, validated into a :class:`RunConfig`.
+
+    Evaluation files (``data.eval_files``) replace the default named corpus unless
+    ``data.eval`` is also given explicitly."""
     registry = registry or get_registry()
     data: dict[str, Any] = copy.deepcopy(DEFAULTS)
+    explicit_eval = "data.eval" in (flags or {}) or "data.eval" in (overrides or {})
     if file is not None:
         loaded = load_config_file(file)
+        explicit_eval = explicit_eval or (isinstance(loaded.get("data"), dict)
+                                          and "eval" in loaded["data"])
         for section, value in loaded.items():
             if (
                 section in PLUGIN_SECTIONS
@@ -182,6 +188,10 @@ def resolve_config(
                 data[section] = value
     data = merge(data, {k: v for k, v in (flags or {}).items() if v is not None})
     data = merge(data, overrides or {})
+    section = data.get("data")
+    if not explicit_eval and isinstance(section, dict) and section.get("eval_files"):
+        # explicit evaluation files replace the default hub corpus (as in `pgprune eval`)
+        section["eval"] = []
     return validate_config(data, registry)
 
 

@@ -1,0 +1,77 @@
+"""What a new user hits first: offline runs with local files, one-line errors, run.json
+status, help and version, and the Python entry point."""
+
+from __future__ import annotations
+
+import json
+import socket
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from pgprune_core.cli import build_app
+from pgprune_core.config.resolve import resolve_config
+from pgprune_core.testing import sample_text, save_tiny_model
+
+
+@pytest.fixture(scope="module")
+def assets(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("assets")
+    model = save_tiny_model(root / "model", "llama", num_hidden_layers=4)
+    calib = root / "calib.txt"
+    calib.write_text(sample_text(20000))
+    held_out = root / "heldout.txt"
+    held_out.write_text(sample_text(30000)[20000:])
+    return {"model": model, "calib": calib, "eval": held_out, "root": root}
+
+
+def invoke(*args: str):
+    return CliRunner().invoke(build_app(), list(args))
+
+
+def fast_args(assets, out: Path, *extra: str) -> list[str]:
+    return [
+        "run", "--model", str(assets["model"]), "--calib-file", str(assets["calib"]),
+        "--eval-file", str(assets["eval"]), "--seq-len", "32", "--steps", "2",
+        "--batch-size", "2", "--init", "random", "--out", str(out),
+        "--evaluator", "perplexity", "--evaluation.seq_len", "32",
+        "--data.cache_dir", str(assets["root"] / "cache"), *extra,
+    ]
+
+
+@pytest.fixture
+def no_network(monkeypatch):
+    def refuse(*args, **kwargs):
+        raise OSError("network access in a test")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+
+
+# -- evaluation files replace the default corpus ------------------------------------------
+
+
+def test_eval_files_replace_the_default_corpus():
+    config = resolve_config(None, {"data.eval_files": ["a.txt"]}, None)
+    assert config.data.eval == [] and config.data.eval_files == ["a.txt"]
+    both = resolve_config(None, {"data.eval_files": ["a.txt"], "data.eval": ["wikitext2"]}, None)
+    assert both.data.eval == ["wikitext2"]
+    assert resolve_config(None, None, None).data.eval == ["wikitext2"]
+
+
+def test_eval_files_in_a_config_file_replace_the_default_corpus(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("data:\n  eval_files: [a.txt]\n")
+    assert resolve_config(path).data.eval == []
+    path.write_text("data:\n  eval_files: [a.txt]\n  eval: [c4]\n")
+    assert resolve_config(path).data.eval == ["c4"]
+
+
+def test_run_with_local_files_needs_no_network(assets, tmp_path, no_network):
+    out = tmp_path / "run"
+    result = invoke(*fast_args(assets, out))
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert set(metrics["pruned"]["ppl"]) == {"heldout"}
