@@ -28,6 +28,11 @@ from pgprune_core.interfaces import (
 )
 from pgprune_core.plugin.hookspecs import hookimpl
 
+# The subpackage pgprune_core.run shares its name with the function below: import it now,
+# so that its import (which binds the attribute ``run`` of this package) happens before
+# the function is defined, and ``pgprune_core.run(...)`` stays the function.
+import pgprune_core.run as _run_package  # noqa: F401  isort: skip
+
 __version__ = "0.1.0"
 
 __all__ = [
@@ -60,12 +65,17 @@ def run(config: Any = None, **overrides: Any) -> Any:
 
     Keyword arguments are dotted keys with ``__`` for dots: ``estimator__lr=3e-2``.
     """
-    from pgprune_core.config.resolve import resolve_config
+    import json
+
+    from pgprune_core.config.resolve import merge, resolve_config, validate_config
     from pgprune_core.config.sections import RunConfig
     from pgprune_core.run.pipeline import run_pipeline
 
-    if not isinstance(config, RunConfig):
-        flat = {key.replace("__", "."): value for key, value in overrides.items()}
+    flat = {key.replace("__", "."): value for key, value in overrides.items()}
+    if isinstance(config, RunConfig):
+        if flat:
+            config = validate_config(merge(json.loads(config.model_dump_json()), flat))
+    else:
         config = resolve_config(config, None, flat)
     return run_pipeline(config)
 

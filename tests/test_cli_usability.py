@@ -75,3 +75,23 @@ def test_run_with_local_files_needs_no_network(assets, tmp_path, no_network):
     assert result.exit_code == 0, result.output
     metrics = json.loads((out / "metrics.json").read_text())
     assert set(metrics["pruned"]["ppl"]) == {"heldout"}
+
+
+# -- the Python entry point ---------------------------------------------------------------
+
+
+def test_python_run_applies_overrides_to_a_run_config(monkeypatch):
+    import pgprune_core
+    from pgprune_core.errors import ConfigError
+    from pgprune_core.run import pipeline
+
+    seen = []
+    monkeypatch.setattr(pipeline, "run_pipeline", lambda config, **kw: seen.append(config))
+    base = resolve_config(None, {"pruning.prune_rate": 0.2}, None)
+    pgprune_core.run(base, pruning__prune_rate=0.4, estimator__lr=0.01)
+    assert seen[-1].pruning.prune_rate == 0.4 and seen[-1].estimator.lr == 0.01
+    assert base.pruning.prune_rate == 0.2  # the caller's config is not changed
+    pgprune_core.run(base)
+    assert seen[-1] is base
+    with pytest.raises(ConfigError, match="unknown key"):
+        pgprune_core.run(base, pruning__prune_rat=0.4)
