@@ -95,3 +95,38 @@ def test_python_run_applies_overrides_to_a_run_config(monkeypatch):
     assert seen[-1] is base
     with pytest.raises(ConfigError, match="unknown key"):
         pgprune_core.run(base, pruning__prune_rat=0.4)
+
+
+# -- help, version, "did you mean" --------------------------------------------------------
+
+
+def test_version_and_short_help():
+    from pgprune_core import __version__
+
+    result = invoke("--version")
+    assert result.exit_code == 0 and result.output.strip() == f"pgprune {__version__}"
+    for args in (["-h"], ["run", "-h"], ["eval", "-h"], ["config", "show", "-h"]):
+        result = invoke(*args)
+        assert result.exit_code == 0, (args, result.output)
+        assert "Usage:" in result.output
+
+
+def test_run_help_shows_defaults_and_no_bool_metavar(monkeypatch):
+    monkeypatch.setenv("COLUMNS", "200")
+    result = invoke("run", "--help")
+    assert result.exit_code == 0
+    assert "[default: reinforce]" in result.output and "[default: 0.3]" in result.output
+    assert "<bool>" not in result.output
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--estimator", "reinfroce"], "unknown estimator 'reinfroce' (did you mean 'reinforce'?)"),
+    (["--estimator.lrr", "3"], "unknown key 'lrr' in section 'estimator' (did you mean 'lr'?)"),
+    (["--data.calib_fil", "x"], "(did you mean 'calib_file'?)"),
+    (["--prune-rat", "0.3"], "unexpected argument '--prune-rat' (did you mean --prune-rate?)"),
+])
+def test_misspellings_get_a_suggestion(args, message):
+    result = invoke("config", "show", *args)
+    assert result.exit_code == 2
+    lines = [line for line in result.output.strip().splitlines() if line.strip()]
+    assert len(lines) == 1 and message in lines[0], result.output
