@@ -28,11 +28,6 @@ from pgprune_core.interfaces import (
 )
 from pgprune_core.plugin.hookspecs import hookimpl
 
-# The subpackage pgprune_core.run shares its name with the function below: import it now,
-# so that its import (which binds the attribute ``run`` of this package) happens before
-# the function is defined, and ``pgprune_core.run(...)`` stays the function.
-import pgprune_core.run as _run_package  # noqa: F401  isort: skip
-
 __version__ = "0.1.0"
 
 __all__ = [
@@ -78,6 +73,11 @@ def run(config: Any = None, **overrides: Any) -> Any:
     else:
         config = resolve_config(config, None, flat)
     return run_pipeline(config)
+
+
+#: the function itself: the subpackage ``pgprune_core.run`` takes the attribute ``run`` once
+#: imported, and calling that package calls this (see pgprune_core/run/__init__.py)
+_run_function = run
 
 
 def load_pruned(path: Any, **kwargs: Any) -> Any:
