@@ -309,3 +309,27 @@ def test_outputs_have_consistent_permissions(assets, tmp_path):
     for path in [out, *out.rglob("*")]:
         mode = stat.S_IMODE(path.stat().st_mode)
         assert mode == (0o755 if path.is_dir() else 0o644), (path, oct(mode))
+
+
+# -- YAML errors, narrow terminals --------------------------------------------------------
+
+
+def test_yaml_error_names_its_line(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("training:\n  steps: 3\n pruning: [\n")
+    line = _one_error_line(invoke("config", "show", "--config", str(path)))
+    assert "not valid YAML/JSON: line 3, column 2" in line
+
+
+def test_plugins_table_fits_80_columns(monkeypatch):
+    from pgprune_core.report import console as consoles
+
+    monkeypatch.setattr(consoles.console, "_width", 80)
+    result = invoke("plugins")
+    assert result.exit_code == 0
+    lines = result.output.splitlines()
+    assert max(len(line) for line in lines) <= 80
+    for column in ("kind", "name", "distribution", "version", "description"):
+        assert column in result.output
+    body = [line for line in lines if line.startswith("│")]
+    assert body and all(line[2] != " " for line in body)  # no row wrapped onto a second line

@@ -31,7 +31,14 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
     try:
         data = yaml.safe_load(file.read_text(encoding="utf-8"))
     except (yaml.YAMLError, UnicodeDecodeError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        mark = getattr(exc, "problem_mark", None)
+        problem = getattr(exc, "problem", None)
+        if mark is not None and problem:
+            context = getattr(exc, "context", None)
+            where = f"line {mark.line + 1}, column {mark.column + 1}"
+            first = f"{where}: {problem}" + (f" ({context})" if context else "")
+        else:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ConfigError(f"config file {file} is not valid YAML/JSON: {first}") from None
     if data is None:
         return {}
