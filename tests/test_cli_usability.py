@@ -333,3 +333,16 @@ def test_plugins_table_fits_80_columns(monkeypatch):
         assert column in result.output
     body = [line for line in lines if line.startswith("│")]
     assert body and all(line[2] != " " for line in body)  # no row wrapped onto a second line
+
+
+# -- report.md says what the perplexity was measured on -----------------------------------
+
+
+def test_report_states_perplexity_windows_and_tokens():
+    from pgprune_core.report.markdown import render_report
+
+    side = {"params": 10, "ppl": {"wikitext2": 12.0}, "ppl_tokens": {"wikitext2": 5 * 127},
+            "ppl_seq_len": 128}
+    text = render_report({"dense": side, "pruned": {**side, "ppl": {"wikitext2": 14.0}}})
+    assert "Perplexity measured on wikitext2: 635 predicted tokens in 5 windows of 128." in text
+    assert "Perplexity measured" not in render_report({"dense": {"params": 10}})
