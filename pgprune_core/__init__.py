@@ -62,14 +62,24 @@ def run(config: Any = None, **overrides: Any) -> Any:
 
     Keyword arguments are dotted keys with ``__`` for dots: ``estimator__lr=3e-2``.
     """
-    from pgprune_core.config.resolve import resolve_config
+    import json
+
+    from pgprune_core.config.resolve import merge, resolve_config, validate_config
     from pgprune_core.config.sections import RunConfig
     from pgprune_core.run.pipeline import run_pipeline
 
-    if not isinstance(config, RunConfig):
-        flat = {key.replace("__", "."): value for key, value in overrides.items()}
+    flat = {key.replace("__", "."): value for key, value in overrides.items()}
+    if isinstance(config, RunConfig):
+        if flat:
+            config = validate_config(merge(json.loads(config.model_dump_json()), flat))
+    else:
         config = resolve_config(config, None, flat)
     return run_pipeline(config)
+
+
+#: the function itself: the subpackage ``pgprune_core.run`` takes the attribute ``run`` once
+#: imported, and calling that package calls this (see pgprune_core/run/__init__.py)
+_run_function = run
 
 
 def load_pruned(path: Any, **kwargs: Any) -> Any:

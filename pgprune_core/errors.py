@@ -7,6 +7,15 @@ out-of-range rate, a missing file.  Anything else is a bug and keeps its traceba
 
 from __future__ import annotations
 
+import difflib
+from collections.abc import Iterable
+
+
+def did_you_mean(word: str, candidates: Iterable[str], quote: str = "'") -> str:
+    """``" (did you mean 'x'?)"`` for the closest candidate, or ``""`` when none is close."""
+    close = difflib.get_close_matches(word, list(candidates), n=1, cutoff=0.6)
+    return f" (did you mean {quote}{close[0]}{quote}?)" if close else ""
+
 
 class PgpruneError(Exception):
     """A user-facing error: its message is printed as one line, without a traceback."""
@@ -27,7 +36,8 @@ class UnknownPluginError(PluginError):
 
     def __init__(self, kind: str, name: str, valid: list[str]) -> None:
         choices = ", ".join(sorted(valid)) if valid else "(none registered)"
-        super().__init__(f"unknown {kind} {name!r}; valid {kind}s: {choices}")
+        super().__init__(f"unknown {kind} {name!r}{did_you_mean(name, valid)}; "
+                         f"valid {kind}s: {choices}")
         self.kind, self.name, self.valid = kind, name, valid
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sys
-from typing import Any
+from typing import Annotated, Any
 
 import typer
 from rich.markup import escape
@@ -13,9 +13,31 @@ from pgprune_core.errors import PgpruneError
 from pgprune_core.plugin.registry import get_registry
 from pgprune_core.report.console import err_console
 
+#: ``-h`` is ``--help`` everywhere (sub-commands inherit it from the group's context)
+HELP_CONTEXT = {"help_option_names": ["-h", "--help"]}
+
+
+def _plain_flags(command: Any, ctx: Any) -> None:
+    """Boolean flags take no value: show no ``<bool>`` type beside them in the help."""
+    for param in command.get_params(ctx):
+        if getattr(param, "is_flag", False) and param.metavar is None:
+            param.metavar = ""
+    for sub in getattr(command, "commands", {}).values():
+        _plain_flags(sub, ctx)
+
 
 class PgpruneGroup(TyperGroup):
     """Turns user errors from any sub-command into one line and exit status 2."""
+
+    def get_command(self, ctx: typer.Context, cmd_name: str) -> Any:  # type: ignore[override]
+        command = super().get_command(ctx, cmd_name)
+        if command is not None:
+            _plain_flags(command, ctx)
+        return command
+
+    def format_help(self, ctx: typer.Context, formatter: Any) -> None:  # type: ignore[override]
+        _plain_flags(self, ctx)
+        super().format_help(ctx, formatter)
 
     # typer.Context is typer's public name for the context (a subclass of the click copy
     # typer vendors as the private typer._click, which TyperGroup.invoke declares)
@@ -39,12 +61,30 @@ def build_app() -> typer.Typer:
         no_args_is_help=True,
         add_completion=False,
         pretty_exceptions_show_locals=False,
+        context_settings=HELP_CONTEXT,
     )
+    app.callback()(_root)
     for module in (run_cmd, resume_cmd, eval_cmd, plugins_cmd, config_cmd):
         module.register(app)
     registry = get_registry()
     registry.register_commands(app)
     return app
+
+
+def _show_version(value: bool) -> None:
+    if value:
+        from pgprune_core import __version__
+
+        typer.echo(f"pgprune {__version__}")
+        raise typer.Exit()
+
+
+def _root(
+    version: Annotated[bool, typer.Option("--version", help="Print the version and exit.",
+                                          callback=_show_version, is_eager=True)] = False,
+) -> None:
+    """Structural pruning of LLMs by policy gradient, without back-propagation through the
+    model."""
 
 
 def warn_failures() -> None:

@@ -166,6 +166,12 @@ def evaluate_cmd(
 
     if dtype not in DTYPES:
         raise ConfigError(f"--dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+    from pgprune_core.run.checks import check_device
+
+    check_device(device or default_device())
+    for name in eval_file or []:
+        if not Path(name).expanduser().is_file():
+            raise ConfigError(f"evaluation file not found: {name}")
     directory = model_directory(target)
     names = list(dict.fromkeys(evaluator or DEFAULT_EVALUATORS))
     configs = evaluator_configs(names, list(ctx.args))

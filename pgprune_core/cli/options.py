@@ -95,7 +95,8 @@ def config_options(action: Callable[..., Any]) -> Callable[..., Any]:
             "batch_size": batch_size, "seq_len": seq_len, "seed": seed, "out": out,
         }
         flags = {FLAG_KEYS[k]: v for k, v in values.items() if v is not None}
-        overrides = parse_overrides(ctx.args)
+        known = [opt for param in ctx.command.params for opt in getattr(param, "opts", ())]
+        overrides = parse_overrides(ctx.args, known)
         resolved = resolve_config(config, flags, overrides)
         return action(resolved, **extra)
 
@@ -108,11 +109,46 @@ def config_options(action: Callable[..., Any]) -> Callable[..., Any]:
     params = [p for p in base.parameters.values() if p.kind is not inspect.Parameter.VAR_KEYWORD]
     params += [p for name, p in inspect.signature(action).parameters.items() if name != "config"]
     params = [p.replace(annotation=hints.get(p.name, p.annotation)) for p in params]
+    _show_defaults(params)
     command.__signature__ = base.replace(parameters=params, return_annotation=None)  # type: ignore[attr-defined]
     command.__annotations__ = {p.name: p.annotation for p in params}
     command.__doc__ = action.__doc__
     command.__name__ = action.__name__.lstrip("_")
     return command
+
+
+def _default_values() -> dict[str, Any]:
+    """Each flag's default as the resolved default config has it (None: no fixed default)."""
+    import json
+
+    from pgprune_core.errors import PgpruneError
+
+    try:
+        data = json.loads(resolve_config(None).model_dump_json())
+    except PgpruneError:  # a broken plugin set: the help shows no defaults
+        return {}
+    values: dict[str, Any] = {}
+    for name, dotted in FLAG_KEYS.items():
+        node: Any = data
+        for part in dotted.split("."):
+            node = node.get(part) if isinstance(node, dict) else None
+        if isinstance(node, list):
+            node = ",".join(str(v.get("name", v)) if isinstance(v, dict) else str(v) for v in node)
+        values[name] = node
+    return values
+
+
+def _show_defaults(params: list[inspect.Parameter]) -> None:
+    """Append ``[default: X]`` to the help of each flag whose config key has a default (the
+    flags themselves default to None so that a config file is not overridden)."""
+    defaults = _default_values()
+    for param in params:
+        value = defaults.get(param.name)
+        if value in (None, ""):
+            continue
+        for meta in getattr(param.annotation, "__metadata__", ()):
+            if isinstance(meta, typer.models.OptionInfo) and meta.help:
+                meta.help = f"{meta.help} \\[default: {value}]"
 
 
 #: context settings that let dotted overrides through Click's parser

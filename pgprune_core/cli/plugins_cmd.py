@@ -11,6 +11,9 @@ from rich.table import Table
 from pgprune_core.plugin.registry import get_registry
 from pgprune_core.report.console import console
 
+#: below this many columns the table keeps each plugin on one line
+NARROW = 120
+
 
 def plugins(
     as_json: Annotated[bool, typer.Option("--json", help="Print a JSON list instead of a table.")] = False,
@@ -22,8 +25,18 @@ def plugins(
         typer.echo(json.dumps([spec.as_dict() for spec in specs], indent=2))
         return
     table = Table(title="pgprune plugins", show_lines=False)
-    for column in ("kind", "name", "distribution", "version", "description"):
-        table.add_column(column, overflow="fold")
+    # narrow terminals: one line per plugin, the description cut short (--json has it all)
+    narrow = console.width < NARROW
+    cells = [(spec.kind, spec.name, spec.origin.distribution, spec.origin.version)
+             for spec in specs]
+    widths = [max([len(column), *(len(str(row[i])) for row in cells)])
+              for i, column in enumerate(("kind", "name", "distribution", "version"))]
+    for width, column in zip(widths, ("kind", "name", "distribution", "version"), strict=True):
+        table.add_column(column, overflow="fold", no_wrap=narrow, width=width if narrow else None)
+    # 5 columns: 6 rules and 2 spaces of padding each
+    rest = max(12, console.width - sum(widths) - 16)
+    table.add_column("description", overflow="ellipsis" if narrow else "fold", no_wrap=narrow,
+                     width=rest if narrow else None)
     for spec in specs:
         table.add_row(spec.kind, spec.name, spec.origin.distribution, spec.origin.version,
                       spec.description)

@@ -17,7 +17,7 @@ import yaml
 from pydantic import ValidationError
 
 from pgprune_core.config.sections import DEFAULTS, PLUGIN_SECTIONS, RunConfig, run_config_model
-from pgprune_core.errors import ConfigError, UnknownPluginError
+from pgprune_core.errors import ConfigError, UnknownPluginError, did_you_mean
 from pgprune_core.plugin.registry import Registry, get_registry
 
 # -- assembling from sources -------------------------------------------------------------
@@ -31,7 +31,14 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
     try:
         data = yaml.safe_load(file.read_text(encoding="utf-8"))
     except (yaml.YAMLError, UnicodeDecodeError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        mark = getattr(exc, "problem_mark", None)
+        problem = getattr(exc, "problem", None)
+        if mark is not None and problem:
+            context = getattr(exc, "context", None)
+            where = f"line {mark.line + 1}, column {mark.column + 1}"
+            first = f"{where}: {problem}" + (f" ({context})" if context else "")
+        else:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ConfigError(f"config file {file} is not valid YAML/JSON: {first}") from None
     if data is None:
         return {}
@@ -54,16 +61,19 @@ def parse_value(text: str) -> Any:
     return value if isinstance(value, (bool, list, dict)) or value is None else text
 
 
-def parse_overrides(args: Iterable[str]) -> dict[str, Any]:
-    """``["--estimator.lr", "3e-3", "--training.steps=10"]`` -> ``{"estimator.lr": 0.003, ...}``."""
+def parse_overrides(args: Iterable[str], known: Iterable[str] = ()) -> dict[str, Any]:
+    """``["--estimator.lr", "3e-3", "--training.steps=10"]`` -> ``{"estimator.lr": 0.003, ...}``.
+
+    ``known``: the command's own option names, suggested for a misspelt one."""
     items = list(args)
     result: dict[str, Any] = {}
     i = 0
     while i < len(items):
         arg = items[i]
         if not arg.startswith("--") or "." not in arg.split("=", 1)[0]:
+            hint = did_you_mean(arg.split("=", 1)[0], known, quote="") if arg.startswith("-") else ""
             raise ConfigError(
-                f"unexpected argument {arg!r}; overrides look like --section.key VALUE"
+                f"unexpected argument {arg!r}{hint}; overrides look like --section.key VALUE"
             )
         key = arg[2:]
         if "=" in key:
@@ -134,7 +144,29 @@ def _check_plugin_names(data: dict[str, Any], registry: Registry) -> None:
         registry.get("adapter", str(model["adapter"]))
 
 
-def format_validation_error(exc: ValidationError, data: Mapping[str, Any]) -> str:
+def _known_keys(section: list[str], data: Mapping[str, Any], registry: Registry | None) -> list[str]:
+    """The keys a (possibly nested) section accepts, for a "did you mean"."""
+    from pydantic import BaseModel
+
+    if not section:
+        return list(RunConfig.model_fields)
+    if len(section) == 1 and section[0] in PLUGIN_SECTIONS and registry is not None:
+        value = data.get(section[0])
+        name = value.get("name") if isinstance(value, dict) else None
+        try:
+            return list(registry.cls(PLUGIN_SECTIONS[section[0]], str(name)).Config.model_fields)
+        except Exception:
+            return []
+    if len(section) == 1:
+        field = RunConfig.model_fields.get(section[0])
+        annotation = field.annotation if field is not None else None
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            return list(annotation.model_fields)
+    return []
+
+
+def format_validation_error(exc: ValidationError, data: Mapping[str, Any],
+                            registry: Registry | None = None) -> str:
     """One readable line for the first problem pydantic found."""
     messages = []
     for error in exc.errors()[:3]:
@@ -148,7 +180,8 @@ def format_validation_error(exc: ValidationError, data: Mapping[str, Any]) -> st
             loc.pop(3)
         if error["type"] == "extra_forbidden":
             section = ".".join(loc[:-1]) or "top level"
-            messages.append(f"unknown key {loc[-1]!r} in section '{section}'")
+            hint = did_you_mean(loc[-1], _known_keys(loc[:-1], data, registry))
+            messages.append(f"unknown key {loc[-1]!r} in section '{section}'{hint}")
             continue
         message = error["msg"]
         if message.startswith("Value error, "):
@@ -163,11 +196,17 @@ def resolve_config(
     overrides: Mapping[str, Any] | None = None,
     registry: Registry | None = None,
 ) -> RunConfig:
-    """Defaults < file < CLI flags < dotted overrides, validated into a :class:`RunConfig`."""
+    """Defaults < file < CLI flags < dotted overrides, validated into a :class:`RunConfig`.
+
+    Evaluation files (``data.eval_files``) replace the default named corpus unless
+    ``data.eval`` is also given explicitly."""
     registry = registry or get_registry()
     data: dict[str, Any] = copy.deepcopy(DEFAULTS)
+    explicit_eval = "data.eval" in (flags or {}) or "data.eval" in (overrides or {})
     if file is not None:
         loaded = load_config_file(file)
+        explicit_eval = explicit_eval or (isinstance(loaded.get("data"), dict)
+                                          and "eval" in loaded["data"])
         for section, value in loaded.items():
             if (
                 section in PLUGIN_SECTIONS
@@ -182,6 +221,10 @@ def resolve_config(
                 data[section] = value
     data = merge(data, {k: v for k, v in (flags or {}).items() if v is not None})
     data = merge(data, overrides or {})
+    section = data.get("data")
+    if not explicit_eval and isinstance(section, dict) and section.get("eval_files"):
+        # explicit evaluation files replace the default hub corpus (as in `pgprune eval`)
+        section["eval"] = []
     return validate_config(data, registry)
 
 
@@ -195,7 +238,7 @@ def validate_config(data: Mapping[str, Any], registry: Registry | None = None) -
     try:
         return model.model_validate(dict(data))
     except ValidationError as exc:
-        raise ConfigError(format_validation_error(exc, data)) from None
+        raise ConfigError(format_validation_error(exc, data, registry)) from None
 
 
 def dump_config(config: RunConfig) -> str:

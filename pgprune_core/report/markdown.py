@@ -239,6 +239,21 @@ def _settings_rows(config: Any) -> list[tuple[str, str]]:
     ]
 
 
+def _perplexity_basis(sides: Sequence[Side]) -> list[str]:
+    """One line saying how many windows and tokens each perplexity was measured on."""
+    side = next((s for s in sides if isinstance(s.get("ppl_tokens"), Mapping)), None)
+    if side is None:
+        return []
+    seq = side.get("ppl_seq_len")
+    sets = []
+    for name, tokens in side["ppl_tokens"].items():
+        text = f"{name}: {fmt_int(tokens)} predicted tokens"
+        if isinstance(seq, int) and seq > 1 and tokens % (seq - 1) == 0:
+            text += f" in {fmt_int(tokens // (seq - 1))} windows of {seq}"
+        sets.append(text)
+    return [f"Perplexity measured on {'; '.join(sets)}.", ""]
+
+
 def render_report(metrics: Mapping[str, Any], config: Any = None,
                   images: Sequence[tuple[str, str]] = ()) -> str:
     """The markdown text of ``report.md``.  ``config`` (a RunConfig) adds the settings
@@ -259,6 +274,7 @@ def render_report(metrics: Mapping[str, Any], config: Any = None,
                 for r in comparison_rows(sides)]
         parts += ["## Dense vs pruned" if len(sides) == 2 else f"## {names[0]}", "",
                   markdown_table(header, rows), ""]
+        parts += _perplexity_basis(sides)
     if pruning:
         parts += ["## Pruning", "", markdown_table(["setting", "value"], _pruning_rows(pruning), numeric=False), ""]
     run = metrics.get("run") or {}

@@ -19,6 +19,23 @@ from pathlib import Path
 from typing import Any
 
 
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _file_mode() -> int:
+    """What ``open()`` would give a new file (0o644 under the usual umask); ``mkstemp``
+    makes its files 0o600, which would leave a run's outputs unreadable to others."""
+    return 0o666 & ~_umask()
+
+
+def _dir_mode() -> int:
+    """What ``mkdir`` would give a new directory (0o755 under the usual umask)."""
+    return 0o777 & ~_umask()
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; when the block succeeds it replaces ``path``.
@@ -41,6 +58,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         yield tmp
         with open(tmp, "rb+") as handle:
             os.fsync(handle.fileno())
+        os.chmod(tmp, _file_mode())
         os.replace(tmp, target)
     except BaseException:
         tmp.unlink(missing_ok=True)
@@ -87,6 +105,14 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    # mkdtemp makes 0o700, and some writers (transformers' shards) 0o600 files
+    file_mode, dir_mode = _file_mode(), _dir_mode()
+    for root, dirs, files in os.walk(tmp):
+        for name in dirs:
+            os.chmod(os.path.join(root, name), dir_mode)
+        for name in files:
+            os.chmod(os.path.join(root, name), file_mode)
+    os.chmod(tmp, dir_mode)
     old: Path | None = None
     if target.exists():
         old = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.", suffix=".old"))

@@ -21,7 +21,7 @@ import torch
 
 from pgprune_core.config.sections import RunConfig
 from pgprune_core.demo import apply_demo_defaults
-from pgprune_core.errors import ConfigError, RunDirError
+from pgprune_core.errors import ConfigError, Interrupted, PgpruneError, RunDirError
 from pgprune_core.evaluation.memory import PeakMemory
 from pgprune_core.interfaces import EvalContext, Granularity, InitContext, ModelSource
 from pgprune_core.model.structure import ModelStructure, UnitLayout
@@ -35,6 +35,8 @@ from pgprune_core.run.rundir import RunDir, config_digest
 
 #: calibration segments when neither --steps nor data.n_segments says (the paper: 120k)
 PAPER_SEGMENTS = 120_000
+#: the run length docs/user-guide.md and the reinforce README recommend (8 x 128 tokens a step)
+RECOMMENDED_STEPS = 1_000
 
 
 @dataclass
@@ -254,6 +256,16 @@ def to_probabilities(config: RunConfig, prep: Prepared, scores: torch.Tensor, ra
     return sigmoid_norm(scores, prep.layout, 1.0 - rate, free)
 
 
+def warn_short_run(config: RunConfig, optimises: bool, reporter: Reporter) -> None:
+    """A run far shorter than the docs recommend can end below its initializer."""
+    steps = config.training.steps
+    if optimises and steps is not None and steps < RECOMMENDED_STEPS // 5:
+        reporter.message(
+            f"warning: --steps {steps} is far below the ~{RECOMMENDED_STEPS:,} steps the docs "
+            f"recommend (docs/user-guide.md); the mask may end worse than its initializer's"
+        )
+
+
 def run_pipeline(config: RunConfig, reporter: Reporter | None = None, *,
                  resume: Path | None = None, registry: Registry | None = None) -> RunResult:
     """Run (or, with ``resume``, continue) one pruning run; returns its metrics."""
@@ -267,18 +279,59 @@ def run_pipeline(config: RunConfig, reporter: Reporter | None = None, *,
         torch.set_num_threads(threads)
 
 
+@dataclass
+class _Clock:
+    """Wall time of a run over all its sessions (``previous``: the sessions before this)."""
+
+    start: float
+    previous: float = 0.0
+    #: still setting up (nothing worth keeping computed yet)
+    setting_up: bool = True
+
+    def wall(self) -> float:
+        return round(self.previous + (time.perf_counter() - self.start), 3)
+
+
 def _run(config: RunConfig, reporter: Reporter, resume: Path | None, registry: Registry) -> RunResult:
-    wall_start = time.perf_counter()
+    from pgprune_core.run.checks import preflight
+
+    clock = _Clock(time.perf_counter())
+    if resume is None:
+        preflight(config, registry)  # cheap mistakes, before anything is created or loaded
     run = RunDir(resume if resume is not None else Path(config.output.dir or default_run_dir(config)))
+    created = resume is None and not run.path.exists()
     if resume is None:
         run.create(config, overwrite=config.output.overwrite)
-        previous_wall = 0.0
     else:
         marker = run.read_marker()
-        previous_wall = float(marker.get("wall_s", 0.0))
+        clock.previous = float(marker.get("wall_s", 0.0))
         if marker.get("status") == "done" and run.metrics.exists():
             reporter.message(f"{run.path} is already finished; nothing to do")
             return RunResult(run.path, run.read_metrics())
+    try:
+        return _run_in(config, reporter, resume, registry, run, clock)
+    except (Interrupted, KeyboardInterrupt):
+        run.mark_status("interrupted", clock.wall())
+        raise
+    except BaseException as exc:
+        user_mistake = clock.setting_up and isinstance(exc, PgpruneError)
+        if user_mistake and created:
+            # a set-up mistake in a directory this call created: leave nothing behind that
+            # would block the corrected command
+            import shutil
+
+            shutil.rmtree(run.path, ignore_errors=True)
+        elif user_mistake and resume is not None:
+            pass  # the run is as it was; a corrected resume continues it
+        elif run.marker.exists():
+            run.mark_status("failed", clock.wall())
+        raise
+
+
+def _run_in(config: RunConfig, reporter: Reporter, resume: Path | None, registry: Registry,
+            run: RunDir, clock: _Clock) -> RunResult:
+    from pgprune_core.run.checks import check_rate_leaves_units
+
     digest = config_digest(config)
     torch.manual_seed(config.training.seed)
     if config.training.schedule == "random-progressive" and config.init.name != "random":
@@ -288,6 +341,7 @@ def _run(config: RunConfig, reporter: Reporter, resume: Path | None, registry: R
         )
 
     prep = prepare(config, registry, reporter)
+    check_rate_leaves_units(config, prep)
     model, tokenizer = prep.loaded.model, prep.loaded.tokenizer
 
     # dense metrics (saved, so a resumed run does not measure them again)
@@ -300,6 +354,7 @@ def _run(config: RunConfig, reporter: Reporter, resume: Path | None, registry: R
         run.write_dense(dense)
 
     estimator = registry.cls("estimator", config.estimator.name)(config.estimator)
+    warn_short_run(config, estimator.optimises, reporter)
     projector = registry.cls("projector", config.projector.name)(config.projector)
     from pgprune_core.model.masking import LossOracle
 
@@ -313,6 +368,8 @@ def _run(config: RunConfig, reporter: Reporter, resume: Path | None, registry: R
             raise RunDirError(f"{run.checkpoint} belongs to another configuration than {run.config}")
         if checkpoint.probs.shape != (len(prep.layout),):
             raise RunDirError(f"{run.checkpoint} does not match the model's {len(prep.layout)} units")
+        # a killed session wrote no wall time: at least the optimisation time it saved passed
+        clock.previous = max(clock.previous, float(checkpoint.state.optimize_s))
 
     tokens = calibration_tokens(config, tokenizer, reporter)
     stream = build_stream(config, tokens, config.training.steps if estimator.optimises else 0)
@@ -325,6 +382,7 @@ def _run(config: RunConfig, reporter: Reporter, resume: Path | None, registry: R
         else:
             scores = initial_scores(config, prep, tokens, oracle, registry, reporter)
             run.write_scores(scores)
+        clock.setting_up = False
 
         state = LoopState()
         if estimator.optimises:
@@ -359,7 +417,7 @@ def _run(config: RunConfig, reporter: Reporter, resume: Path | None, registry: R
     pruning = finalize_model(config, prep, keep, final_scores, run, reporter)
     pruned = evaluate(config, model, tokenizer, "pruned", registry, reporter, reference=dense,
                       model_path=run.model if config.output.save_model else None)
-    wall = previous_wall + (time.perf_counter() - wall_start)
+    wall = clock.wall()
     metrics = {
         "dense": dense,
         "pruned": pruned,

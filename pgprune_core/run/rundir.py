@@ -129,6 +129,13 @@ class RunDir:
         data.update(fields, pgprune_version=__version__)
         atomic_write_json(self.marker, data)
 
+    def mark_status(self, status: str, wall_s: float) -> None:
+        """Record how a session ended (``failed``, ``interrupted``) and the run's wall time
+        so far; ``pgprune resume`` accepts any status but ``done``."""
+        if self.marker.exists():
+            self.write_marker(status=status, wall_s=round(wall_s, 3),
+                              ended=time.strftime("%Y-%m-%dT%H:%M:%S"))
+
     def read_marker(self) -> dict[str, Any]:
         try:
             data = json.loads(self.marker.read_text(encoding="utf-8"))

@@ -1,0 +1,95 @@
+"""Cheap checks of a run's configuration, made before anything expensive (loading the
+model, tokenizing, downloading) and before the run directory is created.
+
+Each raises a one-line :class:`~pgprune_core.errors.ConfigError` for a mistake the user can
+fix; the later, authoritative checks stay where they are.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from pgprune_core.config.sections import RunConfig
+from pgprune_core.errors import ConfigError
+from pgprune_core.plugin.registry import Registry
+
+
+def check_device(device: str) -> None:
+    """``cuda``/``cuda:N``/``mps`` must exist on this machine."""
+    if device.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise ConfigError(f"--device {device}: CUDA is not available on this machine; "
+                              f"use --device cpu")
+        index = int(device.partition(":")[2] or 0)
+        if index >= torch.cuda.device_count():
+            raise ConfigError(f"--device {device}: this machine has {torch.cuda.device_count()} "
+                              f"CUDA device(s)")
+    elif device == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError("--device mps: MPS is not available on this machine; use --device cpu")
+
+
+def check_files(config: RunConfig) -> None:
+    """Local files named by the config exist."""
+    data = config.data
+    if data.calib_file is not None and not Path(data.calib_file).expanduser().is_file():
+        raise ConfigError(f"calibration file not found: {data.calib_file}")
+    for name in data.eval_files:
+        if not Path(name).expanduser().is_file():
+            raise ConfigError(f"evaluation file not found: {name}")
+    model = config.model.name_or_path
+    if model is not None:
+        path = Path(model).expanduser()
+        looks_local = model.startswith((".", "/", "~")) or model.count("/") > 1
+        if not path.exists() and looks_local:
+            raise ConfigError(f"model directory not found: {model}")
+        if path.is_dir() and not (path / "config.json").is_file():
+            raise ConfigError(f"{model} has no config.json; is it a Hugging Face model directory?")
+
+
+def check_initializer(config: RunConfig, registry: Registry) -> None:
+    """The initializer can score every selected granularity; name those that can."""
+    cls: Any = registry.cls("initializer", config.init.name)
+    wanted = set(config.pruning.granularity)
+    unsupported = sorted(wanted - set(cls.kinds))
+    if not unsupported:
+        return
+    able = sorted((name for name in registry.names("initializer")
+                   if wanted <= set(registry.cls("initializer", name).kinds)),
+                  key=lambda name: len(registry.cls("initializer", name).kinds))
+    hint = f"; initializers that can: {', '.join(able)}" if able else ""
+    alone = [name for name in registry.names("initializer")
+             if set(unsupported) <= set(registry.cls("initializer", name).kinds)
+             and not wanted <= set(registry.cls("initializer", name).kinds)]
+    if not able and alone:
+        hint = f"; prune {', '.join(unsupported)} alone with --init {alone[0]}"
+    elif alone:
+        hint += f" (or --granularity {','.join(unsupported)} --init {alone[0]})"
+    raise ConfigError(
+        f"initializer '{config.init.name}' cannot score {', '.join(unsupported)} units "
+        f"(it scores {', '.join(sorted(cls.kinds))}){hint}"
+    )
+
+
+def preflight(config: RunConfig, registry: Registry) -> None:
+    """Every cheap check, in the order a user would want to hear about them."""
+    check_files(config)
+    if config.model.device_map is None:
+        check_device(config.model.device)
+    check_initializer(config, registry)
+
+
+def check_rate_leaves_units(config: RunConfig, prep: Any) -> None:
+    """Refuse a rate that would remove every unit of a kind (per-type and local budgets fix
+    each kind's count; the other budgets trade kinds against each other)."""
+    if config.pruning.budget not in ("per-type", "local"):
+        return
+    keep = prep.budget.final_mask(torch.zeros(len(prep.layout), dtype=torch.float64))
+    for kind, kept in prep.layout.split(keep).items():
+        if len(kept) and not bool(kept.any()):
+            raise ConfigError(
+                f"--prune-rate {config.pruning.prune_rate} leaves no {kind} unit "
+                f"(of {len(kept)}); lower the rate or drop {kind} from --granularity"
+            )
