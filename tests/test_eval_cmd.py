@@ -97,3 +97,16 @@ def test_user_errors_exit_2_with_one_line(model_dir, args, message):
     assert result.exit_code == 2, result.output
     lines = [line for line in result.output.strip().splitlines() if line.strip()]
     assert len(lines) == 1 and message in lines[0], result.output
+
+
+def test_eval_refuses_to_overwrite_a_runs_metrics(model_dir, text_file, tmp_path):
+    """``--out`` pointing at a run directory would replace the run's own metrics.json."""
+    from pgprune_core.run.rundir import RunDir
+
+    run = RunDir(tmp_path / "run")
+    run.path.mkdir()
+    run.marker.write_text('{"format": "pgprune-run/1"}')
+    result = invoke("eval", str(model_dir), "--evaluator", "perplexity", "--eval-file",
+                    str(text_file), "--out", str(run.path))
+    assert result.exit_code == 2, result.output
+    assert "holds a pgprune run" in result.output and not run.metrics.exists()

@@ -22,14 +22,12 @@ from rich.table import Table
 
 from pgprune_core.cli.options import OVERRIDE_CONTEXT
 from pgprune_core.config.resolve import parse_overrides
-from pgprune_core.config.sections import DTYPES, DataSection
-from pgprune_core.errors import ConfigError, ModelError
+from pgprune_core.config.sections import DEFAULT_EVALUATORS, DTYPES, DataSection
+from pgprune_core.errors import ConfigError, ModelError, first_line
 from pgprune_core.interfaces import EvalContext, Evaluator, ModelAdapter, ModelSource
 from pgprune_core.plugin.registry import get_registry
 from pgprune_core.report.console import console
-
-#: evaluators used when none is named (those of a run's default evaluation section)
-DEFAULT_EVALUATORS = ("perplexity", "efficiency")
+from pgprune_core.run.rundir import RunDir
 
 
 @dataclass
@@ -49,8 +47,9 @@ def model_directory(target: str) -> Path | None:
         if target.startswith((".", "/", "~")) or target.count("/") > 1:
             raise ModelError(f"no such model or run directory: {target}")
         return None
-    if (path / "run.json").is_file() or ((path / "model").is_dir() and not (path / "config.json").exists()):
-        model = path / "model"
+    run = RunDir(path)
+    if run.marker.is_file() or (run.model.is_dir() and not (path / "config.json").exists()):
+        model = run.model
         if not (model / "config.json").is_file():
             raise ModelError(f"run directory {path} holds no saved model (was output.save_model false?)")
         return model
@@ -101,8 +100,7 @@ def load_for_eval(target: str, directory: Path | None, dtype: str, device: str) 
         model = model.to(device)
         tokenizer = AutoTokenizer.from_pretrained(name)
     except Exception as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ModelError(f"cannot load {name} as a causal LM: {first}") from None
+        raise ModelError(f"cannot load {name} as a causal LM: {first_line(exc)}") from None
     model.eval().requires_grad_(False)
     return ModelToEvaluate(model, tokenizer, directory, "transformers AutoModelForCausalLM")
 
@@ -172,6 +170,9 @@ def evaluate_cmd(
     for name in eval_file or []:
         if not Path(name).expanduser().is_file():
             raise ConfigError(f"evaluation file not found: {name}")
+    if out is not None and RunDir(out).marker.exists():
+        raise ConfigError(f"--out {out} holds a pgprune run, whose metrics.json is the run's own; "
+                          f"choose another --out")
     directory = model_directory(target)
     names = list(dict.fromkeys(evaluator or DEFAULT_EVALUATORS))
     configs = evaluator_configs(names, list(ctx.args))
@@ -197,7 +198,7 @@ def evaluate_cmd(
             model_path=loaded.path, reporter=reporter,
         )))
     if out is not None:
-        written = atomic_write_json(out / "metrics.json", metrics)
+        written = atomic_write_json(RunDir(out).metrics, metrics)
         reporter.message(f"wrote {written}")
     if as_json:
         typer.echo(json.dumps(metrics, indent=2))

@@ -15,7 +15,6 @@ from typing import Annotated, Any
 import typer
 
 from pgprune_core.config.resolve import parse_overrides, resolve_config
-from pgprune_core.config.sections import RunConfig
 from pgprune_core.plugin.registry import get_registry
 
 #: parameter name -> dotted config key
@@ -153,9 +152,3 @@ def _show_defaults(params: list[inspect.Parameter]) -> None:
 
 #: context settings that let dotted overrides through Click's parser
 OVERRIDE_CONTEXT = {"allow_extra_args": True, "ignore_unknown_options": True}
-
-
-def show_config(config: RunConfig) -> str:
-    from pgprune_core.config.resolve import dump_config
-
-    return dump_config(config)

@@ -17,7 +17,7 @@ import yaml
 from pydantic import ValidationError
 
 from pgprune_core.config.sections import DEFAULTS, PLUGIN_SECTIONS, RunConfig, run_config_model
-from pgprune_core.errors import ConfigError, UnknownPluginError, did_you_mean
+from pgprune_core.errors import ConfigError, did_you_mean, first_line
 from pgprune_core.plugin.registry import Registry, get_registry
 
 # -- assembling from sources -------------------------------------------------------------
@@ -38,7 +38,7 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
             where = f"line {mark.line + 1}, column {mark.column + 1}"
             first = f"{where}: {problem}" + (f" ({context})" if context else "")
         else:
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            first = first_line(exc)
         raise ConfigError(f"config file {file} is not valid YAML/JSON: {first}") from None
     if data is None:
         return {}
@@ -221,19 +221,16 @@ def resolve_config(
                 data[section] = value
     data = merge(data, {k: v for k, v in (flags or {}).items() if v is not None})
     data = merge(data, overrides or {})
-    section = data.get("data")
-    if not explicit_eval and isinstance(section, dict) and section.get("eval_files"):
+    data_section = data.get("data")
+    if not explicit_eval and isinstance(data_section, dict) and data_section.get("eval_files"):
         # explicit evaluation files replace the default hub corpus (as in `pgprune eval`)
-        section["eval"] = []
+        data_section["eval"] = []
     return validate_config(data, registry)
 
 
 def validate_config(data: Mapping[str, Any], registry: Registry | None = None) -> RunConfig:
     registry = registry or get_registry()
-    try:
-        _check_plugin_names(dict(data), registry)
-    except UnknownPluginError:
-        raise
+    _check_plugin_names(dict(data), registry)
     model = run_config_model(registry)
     try:
         return model.model_validate(dict(data))
