@@ -135,3 +135,18 @@ def test_third_party_options_validate(theirs_site):
     bad = _pgprune(theirs_site, "config", "show", "--estimator", "theirs", "--estimator.their_option", "many")
     assert bad.returncode == 2
     assert "estimator.their_option" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_ctrl_c_outside_the_loop_is_one_line_and_status_130(monkeypatch):
+    """A KeyboardInterrupt while a command loads or evaluates ends it like SIGINT: exit 130
+    with one line, not click's "Aborted!" and status 1."""
+    import pgprune_core.run.pipeline as pipeline
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(pipeline, "run_pipeline", interrupted)
+    result = invoke("run", "--estimator", "none", "--init", "magnitude")
+    assert result.exit_code == 130, result.output
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and "interrupted" in lines[0] and "Aborted" not in result.output

@@ -47,6 +47,12 @@ class PgpruneGroup(TyperGroup):
         except PgpruneError as exc:
             err_console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
             ctx.exit(exc.exit_code)
+        except KeyboardInterrupt:
+            # Ctrl-C outside the optimisation loop (loading, scoring, evaluating): one line and
+            # the shell's status for SIGINT, not click's "Aborted!" and status 1
+            err_console.print("[yellow]interrupted[/] (a run directory keeps what was saved; "
+                              "`pgprune resume DIR` continues it)", highlight=False, soft_wrap=True)
+            ctx.exit(130)
 
 
 def build_app() -> typer.Typer:
