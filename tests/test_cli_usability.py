@@ -12,18 +12,12 @@ from typer.testing import CliRunner
 
 from pgprune_core.cli import build_app
 from pgprune_core.config.resolve import resolve_config
-from pgprune_core.testing import sample_text, save_tiny_model
+from pgprune_core.testing import save_run_assets
 
 
 @pytest.fixture(scope="module")
 def assets(tmp_path_factory) -> dict[str, Path]:
-    root = tmp_path_factory.mktemp("assets")
-    model = save_tiny_model(root / "model", "llama", num_hidden_layers=4)
-    calib = root / "calib.txt"
-    calib.write_text(sample_text(20000))
-    held_out = root / "heldout.txt"
-    held_out.write_text(sample_text(30000)[20000:])
-    return {"model": model, "calib": calib, "eval": held_out, "root": root}
+    return save_run_assets(tmp_path_factory.mktemp("assets"), calib_chars=20000, eval_chars=10000)
 
 
 def invoke(*args: str):

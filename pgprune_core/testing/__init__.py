@@ -23,6 +23,7 @@ __all__ = [
     "ScriptedOracle",
     "fixed_step_estimator",
     "sample_text",
+    "save_run_assets",
     "save_tiny_model",
     "step_context",
     "temporary_plugin",
@@ -160,6 +161,19 @@ def save_tiny_model(path: str | Path, arch: Arch = "llama", **kwargs: Any) -> Pa
     model.save_pretrained(path)
     tokenizer.save_pretrained(path)
     return path
+
+
+def save_run_assets(root: str | Path, *, calib_chars: int, eval_chars: int) -> dict[str, Path]:
+    """What an end-to-end test of ``pgprune run`` needs on disk: a tiny 4-layer LLaMA saved
+    as a model directory, a calibration text of ``calib_chars`` characters and a held-out
+    evaluation text of ``eval_chars`` (the sample text that follows the calibration's)."""
+    root = Path(root)
+    model = save_tiny_model(root / "model", "llama", num_hidden_layers=4)
+    calib = root / "calib.txt"
+    calib.write_text(sample_text(calib_chars))
+    held_out = root / "heldout.txt"
+    held_out.write_text(sample_text(calib_chars + eval_chars)[calib_chars:])
+    return {"model": model, "calib": calib, "eval": held_out, "root": root}
 
 
 def step_context(policy: Any, oracle: Any, step: int = 0, total_steps: int = 100,
