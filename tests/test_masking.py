@@ -150,3 +150,52 @@ def test_bad_shapes_are_refused(make_setup):
     with pytest.raises(ValueError, match="row_masks must be"), \
             apply_masks(setup.structure, setup.layout, setup.granularities, torch.ones(2, 5)):
         pass
+
+
+def _reference_kl(setup, batch, mask):
+    """One mask, plain forwards of the dense and the masked model, torch's own KL."""
+    with torch.no_grad():
+        dense = F.log_softmax(setup.model(batch, use_cache=False).logits[:, :-1], dim=-1)
+    rows = mask.float().expand(batch.shape[0], -1)
+    with torch.no_grad(), apply_masks(setup.structure, setup.layout, setup.granularities, rows):
+        masked = F.log_softmax(setup.model(batch, use_cache=False).logits[:, :-1], dim=-1)
+    vocab = dense.shape[-1]
+    # kl_div(input=log q, target=log p, log_target) = sum p (log p - log q); mean over tokens
+    return F.kl_div(masked.reshape(-1, vocab), dense.reshape(-1, vocab), log_target=True,
+                    reduction="batchmean")
+
+
+@pytest.mark.parametrize("max_rows", [None, 3])
+def test_kl_objective_equals_the_divergence_from_the_dense_model(make_setup, max_rows):
+    setup = make_setup("llama3")
+    batch = setup.ids(rows=2, length=12)
+    masks = torch.stack([torch.ones(len(setup.layout), dtype=torch.bool)]
+                        + [setup.keep(seed=s, drop_layers=[s % 4]) for s in range(3)]).float()
+    oracle = LossOracle(setup.model, setup.structure, setup.layout, setup.granularities,
+                        max_rows=max_rows, objective="kl")
+    losses = oracle.losses(batch, masks)
+    expected = torch.stack([_reference_kl(setup, batch, m) for m in masks])
+    assert abs(float(losses[0])) <= 1e-6  # the dense mask diverges from nothing
+    assert (losses - expected).abs().max() <= 1e-5
+    assert (losses[1:] > 1e-4).all()
+    # the dense distribution is one more forward of the batch, counted
+    assert oracle.forward_passes == 4 + 1
+
+
+def test_kl_objective_is_differentiable_in_soft_masks(make_setup):
+    setup = make_setup("llama")
+    batch = setup.ids(rows=2, length=8)
+    soft = torch.full((2, len(setup.layout)), 0.7, requires_grad=True)
+    oracle = LossOracle(setup.model, setup.structure, setup.layout, setup.granularities,
+                        objective="kl")
+    loss = oracle.loss(batch, soft).sum()
+    loss.backward()
+    assert soft.grad is not None and soft.grad.abs().sum() > 0
+    assert torch.allclose(oracle.losses(batch, soft.detach()), oracle.loss(batch, soft).detach(),
+                          atol=1e-6)
+
+
+def test_unknown_objective_is_refused(make_setup):
+    setup = make_setup("llama")
+    with pytest.raises(ValueError, match="unknown objective 'mse'"):
+        LossOracle(setup.model, setup.structure, setup.layout, setup.granularities, objective="mse")

@@ -221,3 +221,27 @@ def test_progressive_schedule_runs_stages(assets, tmp_path, init):
     log = [json.loads(line) for line in (tmp_path / "prog" / "metrics.jsonl").read_text().splitlines()]
     assert sorted({r["rate"] for r in log}) == [0.05, 0.1, 0.15, 0.2]
     assert torch.tensor([r["stage"] for r in log]).diff().ge(0).all()
+
+
+def test_snapshots_keep_the_probabilities_every_k_steps(assets, tmp_path):
+    from pgprune_core.run.rundir import RunDir
+
+    config = make_config(assets, tmp_path / "run", **{"training.snapshot_every": 3,
+                                                      "training.objective": "kl"})
+    run_pipeline(config)
+    snapshots = RunDir(tmp_path / "run").read_snapshots()
+    assert [record["step"] for _, record in snapshots] == [3, 6, 8]  # and the last step
+    log = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    by_step = {record["step"]: record for record in log}
+    for probs, record in snapshots:
+        assert record == by_step[record["step"]]
+        assert probs.dtype == torch.float64 and probs.shape == snapshots[-1][0].shape
+    # the last snapshot is the probabilities the final mask was read from
+    final = json.loads((tmp_path / "run" / "masks.json").read_text())
+    probs = [p for kind in final["kinds"].values() for p in kind["probs"]]
+    assert probs == pytest.approx(snapshots[-1][0].tolist(), abs=1e-6)
+    assert not torch.equal(snapshots[0][0], snapshots[-1][0])
+    # KL to the dense model: the losses are small and non-negative; every step paid one
+    # dense forward on top of its two masks
+    assert all(record["loss"] >= 0 for record in log)
+    assert log[-1]["forward_passes"] == 8 * 3

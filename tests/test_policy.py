@@ -79,6 +79,19 @@ def test_sqrt_score_rescales_the_exact_one() -> None:
         policy.score(masks, "other")  # type: ignore[arg-type]
 
 
+def test_natural_score_is_the_exact_one_times_the_bernoulli_variance() -> None:
+    policy = _policy()
+    masks = policy.sample(16, torch.Generator().manual_seed(3))
+    s = policy.probs
+    free = ~policy.fixed
+    natural = policy.score(masks, "natural")
+    expected = policy.score(masks, "exact") * s * (1 - s)
+    torch.testing.assert_close(natural[:, free], expected[:, free], rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(natural[:, free], (masks.double() - s)[:, free])
+    assert torch.all(natural[:, ~free] == 0.0)
+    assert natural.abs().max() <= 1.0  # bounded, where the exact score reaches 1/eps
+
+
 def test_log_prob_by_hand() -> None:
     policy = _policy()
     mask = torch.tensor([[1.0, 0.0, 1.0, 0.0, 1.0, 1.0]])

@@ -143,6 +143,9 @@ class TrainingSection(Section):
     checkpoint_every: int = Field(default=200, gt=0)
     #: append to metrics.jsonl every this many steps
     log_every: int = Field(default=10, gt=0)
+    #: keep the probabilities every this many steps (and at the last) in snapshots/, for
+    #: time-to-quality curves (tests/bench/time_to_quality.py); None = none kept
+    snapshot_every: int | None = Field(default=None, gt=0)
     #: "fixed": optimise at the target rate; "random-progressive": random start at
     #: `progressive_start`, the rate raised by `progressive_step` per stage (paper A.12)
     schedule: Literal["fixed", "random-progressive"] = "fixed"
@@ -152,6 +155,10 @@ class TrainingSection(Section):
     progressive_stage_epochs: float = Field(default=1 / 3, gt=0)
     #: at most this many sequences in one batched masked forward (None = N_s x batch)
     max_rows: int | None = Field(default=None, gt=0)
+    #: what the estimators minimise: "ce", the masked model's next-token cross-entropy
+    #: (paper); "kl", the KL divergence of the masked model's next-token distribution from
+    #: the dense model's (distillation; one extra dense forward per batch)
+    objective: Literal["ce", "kl"] = "ce"
     #: torch intra-op CPU threads during the run (None = torch's default: every core);
     #: on a machine shared with other jobs, 1 is often faster for small models
     threads: int | None = Field(default=None, gt=0)

@@ -69,6 +69,23 @@ def token_nll_sums(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
     return torch.cat(sums)
 
 
+def token_kl_sums(logits: torch.Tensor, reference_logprobs: torch.Tensor) -> torch.Tensor:
+    """Per row, ``sum_t KL(p_ref(. | t) || p(. | t))`` over the predicted positions:
+    ``[R, T, V], [R, T-1, V] -> [R]`` (``reference_logprobs`` already log-softmaxed and
+    cut to the first ``T - 1`` positions), in chunks of rows like :func:`token_nll_sums`."""
+    n_rows, length, vocab = logits.shape
+    step = max(1, _CE_CHUNK_ELEMENTS // max(1, (length - 1) * vocab))
+    sums = []
+    for start in range(0, n_rows, step):
+        logp = torch.log_softmax(logits[start:start + step, :-1].float(), dim=-1)
+        ref = reference_logprobs[start:start + step]
+        sums.append((ref.exp() * (ref - logp)).sum(dim=(-1, -2)))
+    return torch.cat(sums)
+
+
+OBJECTIVES: tuple[str, ...] = ("ce", "kl")
+
+
 class LossOracle(LossOracleProtocol):
     """Losses of masked models on a batch, for the estimators (implements
     :class:`pgprune_core.interfaces.LossOracle`).
@@ -77,6 +94,12 @@ class LossOracle(LossOracleProtocol):
     over all ``B * (T - 1)`` predicted tokens, all masks in one forward of the batch repeated
     ``N`` times (rows mask-major: row ``r`` belongs to mask ``r // B``), split into chunks of at
     most ``max_rows`` rows when set.  ``loss`` is the same, differentiable w.r.t. soft masks.
+
+    ``objective="kl"`` replaces the cross-entropy by the mean per-token KL divergence of the
+    masked model's next-token distribution from the dense model's (distillation): 0 for the
+    dense mask on every batch, so the difficulty of a batch, which moves the cross-entropy
+    of every mask alike, no longer enters the losses.  The dense distribution costs one
+    forward of the batch per call (counted in ``forward_passes``).
 
     Counters: ``forward_passes`` (one per mask and batch), ``rows_evaluated`` (sequences run
     through the model) and ``backward_passes`` (estimators call :meth:`count_backward` after
@@ -90,9 +113,13 @@ class LossOracle(LossOracleProtocol):
         layout: UnitLayout,
         granularities: Mapping[str, Granularity],
         max_rows: int | None = None,
+        objective: str = "ce",
     ) -> None:
         if max_rows is not None and max_rows < 1:
             raise ValueError(f"max_rows must be positive, got {max_rows}")
+        if objective not in OBJECTIVES:
+            raise ValueError(f"unknown objective {objective!r}; use one of {', '.join(OBJECTIVES)}")
+        self.objective = objective
         self.model: Any = model  # a transformers causal LM
         self.structure = structure
         self.layout = layout
@@ -134,14 +161,31 @@ class LossOracle(LossOracleProtocol):
         row_masks = masks.repeat_interleave(n_seq, dim=0)
         n_rows = tokens.shape[0]
         chunk = self.max_rows or n_rows
+        reference = self._dense_logprobs(batch) if self.objective == "kl" else None
         sums = []
         for start in range(0, n_rows, chunk):
             rows = slice(start, start + chunk)
             with apply_masks(self.structure, self.layout, self.granularities, row_masks[rows]):
                 logits = self.model(input_ids=tokens[rows], use_cache=False).logits
-            sums.append(token_nll_sums(logits, tokens[rows]).to(masks.device))
+            if reference is None:
+                sums.append(token_nll_sums(logits, tokens[rows]).to(masks.device))
+            else:
+                # row r of the repeated batch is sequence r % B
+                index = torch.arange(n_rows)[rows] % n_seq
+                sums.append(token_kl_sums(logits, reference[index.to(reference.device)])
+                            .to(masks.device))
             del logits
         self.forward_passes += n_masks
         self.rows_evaluated += n_rows
         per_mask = torch.cat(sums).view(n_masks, n_seq).sum(dim=1)
         return per_mask / (n_seq * (length - 1))
+
+    def _dense_logprobs(self, batch: torch.Tensor) -> torch.Tensor:
+        """float32 [B, T-1, V]: the dense model's next-token log-probabilities (one
+        forward of the batch, no graph, counted)."""
+        with torch.no_grad():
+            logits = self.model(input_ids=batch.to(self.device), use_cache=False).logits
+            reference = torch.log_softmax(logits[:, :-1].float(), dim=-1)
+        self.forward_passes += 1
+        self.rows_evaluated += batch.shape[0]
+        return reference

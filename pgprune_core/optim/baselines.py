@@ -78,3 +78,46 @@ class LossBaseline:
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         values = list(state["baseline"])
         self._value = float(values[0]) if values else None
+
+
+class RunningScale:
+    """The running root-mean-square of the advantages, to divide them by.
+
+    ``r2 <- (W-1)/W r2 + 1/W mean_i A_i^2``, started at the first step's value and updated
+    before use (as the moving-average baseline is).  Divided by it, the advantages have a
+    typical size of 1 whatever the loss's scale (nats of cross-entropy, a KL, another
+    model's loss spread), so one learning rate fits models and objectives whose loss
+    differences between masks are 0.01 or 1 nat apart.  It rescales every unit of a step
+    by the same positive factor, so the step's direction is unchanged.
+    """
+
+    def __init__(self, window: int = 50) -> None:
+        if window < 1:
+            raise ValueError(f"the scale window must be >= 1, got {window}")
+        self.window = window
+        self._mean_square: float | None = None
+
+    @property
+    def value(self) -> float | None:
+        """The current RMS (None before the first step)."""
+        return None if self._mean_square is None else self._mean_square ** 0.5
+
+    def reset(self) -> None:
+        self._mean_square = None
+
+    def scale(self, advantages: torch.Tensor) -> torch.Tensor:
+        """``advantages / rms`` after folding this step in (unchanged while the RMS is 0)."""
+        square = float((advantages.to(torch.float64) ** 2).mean())
+        if self._mean_square is None:
+            self._mean_square = square
+        window = self.window
+        self._mean_square = (window - 1) / window * self._mean_square + square / window
+        rms = self._mean_square ** 0.5
+        return advantages if rms == 0.0 else advantages / rms
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"advantage_rms2": [] if self._mean_square is None else [self._mean_square]}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        values = list(state.get("advantage_rms2", []))
+        self._mean_square = float(values[0]) if values else None

@@ -85,6 +85,9 @@ class LoopSink(Protocol):
     def append_record(self, record: dict[str, Any]) -> None:
         """Append one step's record to the metrics log."""
 
+    def save_snapshot(self, probs: torch.Tensor, record: dict[str, Any]) -> None:
+        """Keep the probabilities of this step (``snapshot_every``), with its record."""
+
 
 class OptimisationLoop:
     def __init__(
@@ -102,6 +105,7 @@ class OptimisationLoop:
         checkpoint_every: int,
         log_every: int,
         reporter: Reporter | None = None,
+        snapshot_every: int | None = None,
     ) -> None:
         self.policy = policy
         self.estimator = estimator
@@ -114,6 +118,7 @@ class OptimisationLoop:
         self.config_digest = config_digest
         self.checkpoint_every = checkpoint_every
         self.log_every = log_every
+        self.snapshot_every = snapshot_every
         self.reporter = reporter or SilentReporter()
 
     @property
@@ -178,6 +183,10 @@ class OptimisationLoop:
                         self.reporter.loop_update(state.step, record)
                         if state.step % self.log_every == 0 or state.stage_step == stage.steps:
                             self.sink.append_record(record)
+                        if self.snapshot_every is not None and (
+                                state.step % self.snapshot_every == 0
+                                or state.step == self.total_steps):
+                            self.sink.save_snapshot(self.policy.probs, record)
                         if state.step % self.checkpoint_every == 0 or stop:
                             self.checkpoint(state)
                         if stop:

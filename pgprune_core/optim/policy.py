@@ -25,8 +25,13 @@ import torch
 
 #: ``exact``: (m - s) / (s (1 - s)), the true score (paper Remark 4);
 #: ``sqrt``: (m - s) / sqrt(s (1 - s)), the authors' code (a per-unit rescaling of the
-#: gradient by sqrt(s (1 - s)), i.e. a biased but lower-variance direction)
-ScoreVariant = Literal["exact", "sqrt"]
+#: gradient by sqrt(s (1 - s)), i.e. a biased but lower-variance direction);
+#: ``natural``: m - s, the score times s (1 - s) = the inverse Fisher information of
+#: Bernoulli(s): the natural-gradient direction, which is also the exact gradient with
+#: respect to the logit of s.  Bounded by 1 in every unit, where the exact score reaches
+#: 1 / eps for a unit near 0 or 1 that happens to be sampled the other way.
+ScoreVariant = Literal["exact", "sqrt", "natural"]
+SCORE_VARIANTS: tuple[str, ...] = ("exact", "sqrt", "natural")
 
 
 class BernoulliPolicy:
@@ -94,9 +99,9 @@ class BernoulliPolicy:
         return masks.to(torch.float32)
 
     def score(self, masks: torch.Tensor, variant: ScoreVariant = "exact") -> torch.Tensor:
-        """float64 [N, n]: ``∇_s log p(m | s)`` per sample (``exact``) or the authors'
-        ``(m - s) / sqrt(s (1 - s))`` (``sqrt``); zero on fixed units, whose probability
-        is not a parameter."""
+        """float64 [N, n]: ``∇_s log p(m | s)`` per sample (``exact``), the authors'
+        ``(m - s) / sqrt(s (1 - s))`` (``sqrt``) or the natural-gradient ``m - s``
+        (``natural``); zero on fixed units, whose probability is not a parameter."""
         m = self._check_masks(masks)
         s = self._probs
         spread = s * (1.0 - s)
@@ -104,8 +109,12 @@ class BernoulliPolicy:
             denominator = spread
         elif variant == "sqrt":
             denominator = spread.sqrt()
+        elif variant == "natural":
+            denominator = torch.ones_like(spread)
         else:
-            raise ValueError(f"unknown score variant {variant!r}; use 'exact' or 'sqrt'")
+            raise ValueError(
+                f"unknown score variant {variant!r}; use one of {', '.join(SCORE_VARIANTS)}"
+            )
         # fixed units have s = 1 and a zero denominator: divide by 1 there, then zero them
         safe = torch.where(self._fixed, torch.ones_like(denominator), denominator)
         return torch.where(self._fixed, torch.zeros_like(m), (m - s) / safe)

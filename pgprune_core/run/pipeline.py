@@ -359,7 +359,8 @@ def _run_in(config: RunConfig, reporter: Reporter, resume: Path | None, registry
     from pgprune_core.model.masking import LossOracle
 
     oracle = LossOracle(model, prep.structure, prep.layout, prep.granularities,
-                        max_rows=config.training.max_rows)
+                        max_rows=config.training.max_rows,
+                        objective=config.training.objective)
 
     checkpoint = None
     if resume is not None and run.checkpoint.exists():
@@ -405,6 +406,7 @@ def _run_in(config: RunConfig, reporter: Reporter, resume: Path | None, registry
                     sink=run,
                     config_digest=digest, checkpoint_every=config.training.checkpoint_every,
                     log_every=config.training.log_every, reporter=reporter,
+                    snapshot_every=config.training.snapshot_every,
                 )
                 state = loop.run(state, estimator_state=checkpoint.estimator if checkpoint else None)
             final_scores = policy.probs

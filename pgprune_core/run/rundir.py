@@ -84,6 +84,12 @@ class RunDir:
         return self.path / "masks.json"
 
     @property
+    def snapshots(self) -> Path:
+        """``snapshots/step-NNNNNN.pt``: the probabilities every ``training.snapshot_every``
+        steps, with the step's record (time, forward passes), for time-to-quality curves."""
+        return self.path / "snapshots"
+
+    @property
     def model(self) -> Path:
         return self.path / "model"
 
@@ -118,6 +124,9 @@ class RunDir:
         for stale in (self.checkpoint, self.metrics_log, self.dense_metrics, self.scores,
                       self.masks, self.metrics):
             stale.unlink(missing_ok=True)
+        if self.snapshots.is_dir():
+            for old in self.snapshots.glob("step-*.pt"):
+                old.unlink()
         atomic_write_text(self.config, dump_config(config))
         self.write_marker(status="running", digest=config_digest(config), wall_s=0.0)
 
@@ -222,6 +231,26 @@ class RunDir:
                 f"{first_line(exc)}"
             ) from None
         return checkpoint_from_payload(payload, self.checkpoint)
+
+    def save_snapshot(self, probs: torch.Tensor, record: dict[str, Any]) -> None:
+        """``snapshots/step-NNNNNN.pt`` = ``{"probs": float64 [n], "record": {...}}``
+        (the loop's record of that step; a resumed run rewrites the same files)."""
+        self.snapshots.mkdir(exist_ok=True)
+        target = self.snapshots / f"step-{int(record['step']):06d}.pt"
+        with atomic_path(target) as tmp:
+            torch.save({"probs": probs.detach().to(torch.float64).cpu().clone(),
+                        "record": dict(record)}, tmp)
+
+    def read_snapshots(self) -> list[tuple[torch.Tensor, dict[str, Any]]]:
+        """The saved snapshots in step order: ``(probs, record)`` each."""
+        out = []
+        for path in sorted(self.snapshots.glob("step-*.pt")):
+            try:
+                payload = torch.load(path, map_location="cpu", weights_only=True)
+            except Exception as exc:
+                raise RunDirError(f"snapshot {path} is unreadable: {first_line(exc)}") from None
+            out.append((payload["probs"], payload["record"]))
+        return out
 
     def append_record(self, record: dict[str, Any]) -> None:
         """One line of ``metrics.jsonl`` (the loop's log; a torn last line is dropped on

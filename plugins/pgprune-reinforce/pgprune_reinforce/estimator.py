@@ -16,13 +16,14 @@ the README) so that short runs still move the probabilities.
 
 from __future__ import annotations
 
-from typing import Literal
+from collections.abc import Mapping
+from typing import Any, Literal
 
 import torch
 from pydantic import Field, model_validator
 
 from pgprune_core import StepContext
-from pgprune_core.optim.baselines import BaselineKind
+from pgprune_core.optim.baselines import BaselineKind, RunningScale
 from pgprune_core.optim.policy import BernoulliPolicy, ScoreVariant
 from pgprune_core.optim.sampled import SampledLossEstimator, Samples
 from pgprune_core.optim.step_size import StepSizeConfig, effective_lr, projected_step
@@ -45,6 +46,12 @@ class ReinforceEstimator(SampledLossEstimator):
         score: ScoreVariant = "exact"
         #: mean: divide by N_s (paper); unbiased: by N_s - 1 (authors' code)
         normalize: Literal["mean", "unbiased"] = "mean"
+        #: none: the advantages as they are (paper); rms: divided by their running
+        #: root-mean-square over `scale_window` steps, so the step no longer depends on the
+        #: loss's scale
+        advantage_scale: Literal["none", "rms"] = "none"
+        #: steps of the running RMS of `advantage_scale: rms`
+        scale_window: int = Field(default=50, ge=1)
 
         @model_validator(mode="after")
         def _two_samples(self) -> ReinforceEstimator.Config:
@@ -57,13 +64,33 @@ class ReinforceEstimator(SampledLossEstimator):
     config: Config
     skip_extra = ("grad_norm", "update_abs_mean")
 
+    def __init__(self, config: Config | None = None) -> None:
+        super().__init__(config)
+        self._scale = RunningScale(self.config.scale_window)
+
+    def start(self, policy: BernoulliPolicy, total_steps: int) -> None:
+        super().start(policy, total_steps)
+        self._scale.reset()
+
     def update(self, ctx: StepContext, samples: Samples, advantages: torch.Tensor,
                lr: float | None) -> dict[str, float]:
         assert lr is not None
+        if self.config.advantage_scale == "rms":
+            advantages = self._scale.scale(advantages)
         grad = self.gradient(ctx.policy, samples.masks, advantages)
         moved = projected_step(ctx.policy, ctx.project, lr * grad)
         # how far the probabilities moved: the number that tells a too-small lr
         return {"grad_norm": float(grad.norm()), "update_abs_mean": moved}
+
+    def state_dict(self) -> dict[str, Any]:
+        state = super().state_dict()
+        if self.config.advantage_scale == "rms":
+            state.update(self._scale.state_dict())
+        return state
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        super().load_state_dict(state)
+        self._scale.load_state_dict(state)
 
     # -- the pieces of Eq. 7 ------------------------------------------------------------
     def effective_lr(self, step: int, total_steps: int, run_steps: int | None = None) -> float:

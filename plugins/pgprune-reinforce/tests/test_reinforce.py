@@ -138,6 +138,44 @@ def test_sqrt_score_is_the_exact_one_rescaled() -> None:
     torch.testing.assert_close(sqrt, exact * (S0 * (1 - S0)).sqrt(), rtol=1e-12, atol=1e-12)
 
 
+def test_natural_step_estimates_the_natural_gradient() -> None:
+    """``score: natural`` averages ``L(m) (m - s)``: unbiased for ``s (1 - s) dE[L]/ds``,
+    the gradient preconditioned by the inverse Fisher information of Bernoulli(s)."""
+    a, b = _problem()
+    policy = BernoulliPolicy(S0.clone())
+    masks = policy.sample(N_MC, torch.Generator().manual_seed(12))
+    losses = QuadraticOracle(a, b).losses(torch.zeros(1), masks)
+    grad = _plain(score="natural").gradient(policy, masks, losses)
+    terms = losses[:, None] * policy.score(masks, "natural")
+    _assert_within_4_se(terms, grad, S0 * (1 - S0) * true_gradient(S0, a, b))
+
+
+def test_rms_advantage_scale_by_hand() -> None:
+    """``advantage_scale: rms`` divides the advantages by the running RMS (window W,
+    started at the first step's mean square, updated before use)."""
+    script = [[4.0, 2.0], [1.0, 1.0], [6.0, 2.0]]
+    oracle = ScriptedOracle(script)
+    policy = BernoulliPolicy(S0.clone())
+    estimator = _plain(lr=1e-3, score="natural", advantage_scale="rms", scale_window=4)
+    generator = torch.Generator().manual_seed(0)
+    baseline, mean_square = None, None
+    for step, losses in enumerate(script):
+        before = policy.probs
+        stats = estimator.step(_ctx(policy, oracle, step=step, generator=generator))
+        values = torch.tensor(losses, dtype=torch.float64)
+        baseline = float(values.mean()) if baseline is None else baseline
+        baseline = 4 / 5 * baseline + float(values.sum()) / 10
+        advantages = values - baseline
+        square = float((advantages**2).mean())
+        mean_square = square if mean_square is None else mean_square
+        mean_square = 3 / 4 * mean_square + square / 4
+        scaled = advantages / mean_square**0.5
+        assert stats.baseline == pytest.approx(baseline, rel=1e-12)
+        natural = BernoulliPolicy(before).score(oracle.masks[step], "natural")
+        torch.testing.assert_close(policy.probs, before - 1e-3 * (scaled @ natural) / 2)
+    assert estimator.state_dict()["advantage_rms2"] == [pytest.approx(mean_square, rel=1e-12)]
+
+
 def test_unbiased_normalisation_divides_by_n_minus_one() -> None:
     policy = BernoulliPolicy(S0.clone())
     masks = policy.sample(2, torch.Generator().manual_seed(5))
@@ -201,7 +239,9 @@ def test_non_finite_loss_skips_the_step() -> None:
     assert not stats.skipped and not torch.equal(policy.probs, probs)
 
 
-def test_resumed_run_continues_bit_identically(tmp_path: Any) -> None:
+@pytest.mark.parametrize("options", [{}, {"score": "natural", "advantage_scale": "rms"}],
+                         ids=["paper", "natural-rms"])
+def test_resumed_run_continues_bit_identically(tmp_path: Any, options: dict[str, Any]) -> None:
     a, b = _problem()
     layout = UnitLayout([UnitSet("channel", torch.zeros(6, dtype=torch.int64), torch.arange(6),
                                  torch.ones(6, dtype=torch.int64))])
@@ -216,7 +256,7 @@ def test_resumed_run_continues_bit_identically(tmp_path: Any) -> None:
             out.append((policy.probs, stats))
         return out
 
-    config = ReinforceEstimator.Config(lr=5e-2, lr_reference_steps=6)
+    config = ReinforceEstimator.Config(lr=5e-2, lr_reference_steps=6, **options)
     estimator, policy = ReinforceEstimator(config), BernoulliPolicy(S0.clone())
     generator = torch.Generator().manual_seed(42)
     estimator.start(policy, 6)
