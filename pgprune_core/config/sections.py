@@ -164,6 +164,10 @@ class OutputSection(Section):
     dir: str | None = None
     overwrite: bool = False
     save_model: bool = True
+    #: format of the saved model/: pgprune (any per-layer shapes; load_pruned or
+    #: trust_remote_code), hf (a vanilla transformers class; implies pruning.shape uniform
+    #: unless set), decilm (NVIDIA Nemotron-NAS DeciLMForCausalLM, served by vLLM/SGLang)
+    format: Literal["pgprune", "hf", "decilm"] = "pgprune"
 
 
 class RunConfig(Section):

@@ -62,10 +62,6 @@ class ExportResult:
     notes: list[str] = field(default_factory=list)
 
 
-def _describe(structure: ModelStructure) -> list[dict[str, int]]:
-    return layer_shapes(structure)
-
-
 def _layers_text(layers: list[int]) -> str:
     return ("layer " if len(layers) == 1 else "layers ") + ", ".join(map(str, layers))
 
@@ -79,9 +75,29 @@ def _groups(values: list[Any]) -> str:
 
 
 # -- checks -------------------------------------------------------------------------------
-def check_hf(structure: ModelStructure) -> None:
+def check_shapes(fmt: str, shapes: list[dict[str, int]]) -> None:
+    """Refuse, from the per-layer shapes alone (:func:`~pgprune_core.model.surgery.layer_shapes`,
+    also in a saved model's config), what ``fmt`` cannot express; cheap, so it runs before
+    any weight is loaded."""
+    if fmt == "hf":
+        check_hf(shapes)
+    elif fmt == "decilm":
+        check_query_heads(shapes)
+
+
+def check_query_heads(shapes: list[dict[str, int]]) -> None:
+    heads = {s["n_heads"] for s in shapes if s["n_heads"]}
+    if len(heads) > 1:
+        raise ExportError(
+            f"cannot export as decilm: its query-head count is global (num_attention_heads; "
+            f"n_heads_in_group = query heads per KV head) but layers keep different numbers of "
+            f"query heads ({_groups([s['n_heads'] for s in shapes])}); prune with "
+            f"--pruning.shape uniform-heads"
+        )
+
+
+def check_hf(shapes: list[dict[str, int]]) -> None:
     """Refuse a model whose layers a single transformers config cannot describe."""
-    shapes = _describe(structure)
     empty_attention = [i for i, s in enumerate(shapes) if s["n_heads"] == 0]
     empty_mlp = [i for i, s in enumerate(shapes) if s["intermediate_size"] == 0]
     hint = ("prune with --pruning.shape uniform (or export --format decilm, which expresses "
@@ -114,15 +130,9 @@ def decilm_blocks(structure: ModelStructure, origins: list[int], original_count:
         raise ExportError("cannot export as decilm: the format names LLaMA's modules "
                           "(model.layers.N.self_attn.q_proj, ...), this model's differ")
     hidden = structure.hidden_size
-    shapes = _describe(structure)
+    shapes = layer_shapes(structure)
+    check_query_heads(shapes)
     heads = [s["n_heads"] for s in shapes if s["n_heads"]]
-    if len(set(heads)) > 1:
-        attended = [s["n_heads"] for s in shapes]
-        raise ExportError(
-            f"cannot export as decilm: its query-head count is global (num_attention_heads; "
-            f"n_heads_in_group = query heads per KV head) but layers keep different numbers of "
-            f"query heads ({_groups(attended)}); prune with --pruning.shape uniform-heads"
-        )
     blocks: list[dict[str, Any]] = [
         {"attention": {"no_op": True, "replace_with_linear": False},
          "ffn": {"no_op": True, "replace_with_linear": False}}
@@ -202,8 +212,8 @@ def _save_with_weights(target_model: nn.Module, state: Mapping[str, torch.Tensor
 
 def _export_hf(model: nn.Module, tokenizer: Any, target: Path, structure: ModelStructure,
                base_class: str) -> ExportResult:
-    check_hf(structure)
-    shape = _describe(structure)[0]
+    check_hf(layer_shapes(structure))
+    shape = layer_shapes(structure)[0]
     cls = pruned_modeling.import_object(base_class)
     notes = []
     if base_class == LLAMA_CLASS and structure.hidden_size % shape["n_heads"]:
@@ -323,6 +333,12 @@ def export_directory(source: str | Path, path: str | Path, fmt: str) -> ExportRe
     if target.resolve() == source.resolve():
         raise ExportError(f"refusing to export {source} onto itself")
     _check_target(target)
+    try:
+        shapes = json.loads((source / "config.json").read_text(encoding="utf-8"))[SECTION]["layers"]
+    except (OSError, ValueError, KeyError, TypeError):
+        shapes = None  # load_pruned names what is wrong with the directory
+    if shapes is not None:
+        check_shapes(fmt, shapes)
     model = load_pruned(source)
     section = getattr(model.config, SECTION)
     try:

@@ -469,13 +469,15 @@ def finalize_model(config: RunConfig, prep: Prepared, keep: torch.Tensor, probs:
         )
     if config.output.save_model:
         reporter.phase(f"saving the pruned model to {run.model}")
-        run.save_model(
-            model, prep.loaded.tokenizer, adapter_name=prep.adapter_name,
+        exported = run.save_model(
+            model, prep.loaded.tokenizer, config.output.format, adapter_name=prep.adapter_name,
             base_model=prep.loaded.source.name_or_path,
             extra={"prune_rate": config.pruning.prune_rate, "budget": config.pruning.budget,
                    "granularity": list(config.pruning.granularity),
                    "estimator": config.estimator.name, "init": config.init.name},
         )
+        for note in exported.notes:
+            reporter.message(f"note: {note}")
     kinds = prep.layout.kinds
     return {
         "rate": config.pruning.prune_rate,

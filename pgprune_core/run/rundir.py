@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -24,7 +25,7 @@ import torch
 from pgprune_core.config.resolve import dump_config, load_config_file, validate_config
 from pgprune_core.config.sections import RunConfig
 from pgprune_core.errors import RunDirError, first_line
-from pgprune_core.model.surgery import save_pruned
+from pgprune_core.model.export import ExportResult, export_pruned
 from pgprune_core.optim.checkpoint import Checkpoint, checkpoint_from_payload, checkpoint_payload
 from pgprune_core.report.markdown import render_report
 from pgprune_core.report.plots import plot_loss, plot_sparsity
@@ -242,10 +243,12 @@ class RunDir:
     def read_metrics(self) -> dict[str, Any]:
         return self.read_json(self.metrics)
 
-    def save_model(self, model: Any, tokenizer: Any, **metadata: Any) -> Path:
-        """The pruned model under ``model/`` (see :func:`pgprune_core.model.surgery.save_pruned`)."""
-        save_pruned(model, tokenizer, self.model, **metadata)
-        return self.model
+    def save_model(self, model: Any, tokenizer: Any, fmt: str = "pgprune", **metadata: Any) -> ExportResult:
+        """The pruned model under ``model/``, in ``fmt`` (see
+        :func:`pgprune_core.model.export.export_pruned`); a previous attempt's is replaced."""
+        if fmt != "pgprune" and self.model.exists():
+            shutil.rmtree(self.model)
+        return export_pruned(model, tokenizer, self.model, fmt, **metadata)
 
     def write_plots(self, *, kinds: Sequence[str], layers: Sequence[int], keep: Sequence[int],
                     n_layers: int, title: str) -> None:

@@ -1,0 +1,205 @@
+"""Export of pruned models (hf, decilm, pgprune): reloaded logits equal the masked model's,
+generation works, parameter counts add up, and what a format cannot express is refused in
+one line with nothing written."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+from typer.testing import CliRunner
+
+from pgprune_core.cli import build_app
+from pgprune_core.config.sections import OutputSection
+from pgprune_core.errors import ExportError
+from pgprune_core.model import decilm_modeling
+from pgprune_core.model.export import EXPORT_FORMATS, export_directory, export_pruned
+from pgprune_core.model.masking import apply_masks
+from pgprune_core.model.surgery import load_pruned, prune_model, save_pruned
+from pgprune_core.testing import tiny_tokenizer
+
+#: (tiny architecture, adapter): every llama-family adapter of this repository
+ADAPTERS = [("llama", "llama"), ("llama3", "vicuna"), ("mistral", "mistral")]
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return tiny_tokenizer()
+
+
+def _setup(make_setup, arch, adapter, **config):
+    setup = make_setup(arch, **config)
+    if adapter != setup.adapter_name:
+        setup.adapter_name = adapter
+    return setup
+
+
+def _uniform_keep(setup, seed=0, heads=1, channels=10, drop_layers=(2,)):
+    """Every layer loses ``heads`` KV groups and ``channels`` channels (which ones at random)."""
+    generator = torch.Generator().manual_seed(seed)
+    parts = setup.layout.split(torch.ones(len(setup.layout), dtype=torch.bool))
+    for kind, count in (("head", heads), ("channel", channels)):
+        units = setup.layout[kind]
+        for layer in units.layer.unique().tolist():
+            cols = (units.layer == layer).nonzero().squeeze(1)
+            parts[kind][cols[torch.randperm(cols.numel(), generator=generator)[:count]]] = False
+    parts["layer"][list(drop_layers)] = False
+    return setup.layout.join(parts)
+
+
+def _masked_then_pruned(setup, keep, ids):
+    with torch.no_grad(), apply_masks(setup.structure, setup.layout, setup.granularities,
+                                      keep.float().expand(ids.shape[0], -1)):
+        masked = setup.model(ids, use_cache=False).logits
+    prune_model(setup.structure, setup.layout, setup.granularities, keep)
+    return masked
+
+
+def _logits(model, ids):
+    with torch.no_grad():
+        return model(ids, use_cache=False).logits
+
+
+def _greedy(model, ids):
+    return model.generate(ids, max_new_tokens=12, do_sample=False, pad_token_id=0)
+
+
+def _saved(setup, tokenizer, path):
+    return save_pruned(setup.model, tokenizer, path, adapter_name=setup.adapter_name, base_model="tiny")
+
+
+def _n_params(model):
+    return sum(p.numel() for p in model.parameters())
+
+
+def test_formats_are_the_config_choices():
+    assert OutputSection.model_fields["format"].annotation.__args__ == EXPORT_FORMATS
+
+
+@pytest.mark.parametrize("arch,adapter", ADAPTERS)
+def test_hf_export_loads_without_remote_code(make_setup, tokenizer, tmp_path, arch, adapter):
+    setup = _setup(make_setup, arch, adapter)
+    ids = setup.ids(rows=2, length=10)
+    masked = _masked_then_pruned(setup, _uniform_keep(setup), ids)
+    params = _n_params(setup.model)
+    result = export_directory(_saved(setup, tokenizer, tmp_path / "pg"), tmp_path / "hf", "hf")
+    assert not list(result.path.glob("*.py"))
+    config = json.loads((result.path / "config.json").read_text())
+    assert "auto_map" not in config and "pgprune" not in config
+    assert config["num_hidden_layers"] == 3 and config["head_dim"] == setup.structure.layers[0].attention.head_dim
+    model = AutoModelForCausalLM.from_pretrained(result.path)
+    assert type(model).__module__.startswith("transformers.models.")
+    assert (_logits(model, ids) - masked).abs().max() <= 1e-4
+    assert result.params == _n_params(model) == params
+    assert torch.equal(_greedy(model, ids[:, :4]), _greedy(setup.model, ids[:, :4]))
+
+
+@pytest.mark.parametrize("arch,adapter", ADAPTERS)
+def test_decilm_export_expresses_dropped_blocks_and_layers(make_setup, tokenizer, tmp_path, arch, adapter):
+    setup = _setup(make_setup, arch, adapter)
+    ids = setup.ids(rows=2, length=10)
+    keep = _uniform_keep(setup, seed=1, channels=0, drop_layers=(1,))
+    parts = setup.layout.split(keep)
+    parts["head"][setup.layout["head"].layer == 3] = False  # layer 3: no attention left
+    channels = setup.layout["channel"]
+    parts["channel"][(channels.layer == 0) & (channels.index < 20)] = False  # widths differ
+    parts["channel"][channels.layer == 2] = False  # layer 2: no MLP left
+    masked = _masked_then_pruned(setup, setup.layout.join(parts), ids)
+    params = _n_params(setup.model)
+    result = export_directory(_saved(setup, tokenizer, tmp_path / "pg"), tmp_path / "d", "decilm")
+    config = json.loads((result.path / "config.json").read_text())
+    assert config["architectures"] == ["DeciLMForCausalLM"] and config["num_hidden_layers"] == 4
+    blocks = config["block_configs"]
+    assert blocks[1]["attention"]["no_op"] and blocks[1]["ffn"]["no_op"]  # the dropped layer
+    assert blocks[3]["attention"]["no_op"] and not blocks[3]["ffn"]["no_op"]
+    assert blocks[2]["ffn"]["no_op"] and not blocks[2]["attention"]["no_op"]
+    group = setup.structure.layers[0].attention.group_size
+    assert blocks[0]["attention"]["n_heads_in_group"] == group
+    assert blocks[0]["ffn"]["intermediate_size"] == 28 and any("multiples of 256" in n for n in result.notes)
+    model = AutoModelForCausalLM.from_pretrained(result.path, trust_remote_code=True)
+    assert type(model).__name__ == "DeciLMForCausalLM"
+    assert (_logits(model, ids) - masked).abs().max() <= 1e-4
+    # no_op blocks carry no norm weights: the two norms of layers 2 (MLP) and 3 (attention)
+    assert result.params == _n_params(model) == params - 2 * setup.structure.hidden_size
+    assert torch.equal(_greedy(model, ids[:, :4]), _greedy(setup.model, ids[:, :4]))
+
+
+def test_decilm_widths_that_are_multiples_of_256_are_written_as_ffn_mult(make_setup, tokenizer, tmp_path):
+    setup = make_setup("llama3", kinds=("channel", "head"), intermediate_size=512)
+    ids = setup.ids(rows=1, length=8)
+    keep = torch.ones(len(setup.layout), dtype=torch.bool)
+    channels = setup.layout["channel"]
+    keep[setup.layout.offsets["channel"]][(channels.layer == 1) & (channels.index % 2 == 0)] = False
+    masked = _masked_then_pruned(setup, keep, ids)
+    result = export_pruned(setup.model, tokenizer, tmp_path / "d", "decilm", adapter_name="llama",
+                           base_model="tiny")
+    assert result.notes == []
+    blocks = json.loads((result.path / "config.json").read_text())["block_configs"]
+    hidden = setup.structure.hidden_size
+    widths = [decilm_modeling.ffn_mult_to_intermediate_size(b["ffn"]["ffn_mult"], hidden) for b in blocks]
+    assert widths == [512, 256, 512, 512] and all("intermediate_size" not in b["ffn"] for b in blocks)
+    # NVIDIA's FFNConfig keeps ffn_mult to 6 decimals: the widths survive that rounding too
+    assert [decilm_modeling.ffn_mult_to_intermediate_size(round(b["ffn"]["ffn_mult"], 6), hidden)
+            for b in blocks] == widths
+    model = AutoModelForCausalLM.from_pretrained(result.path, trust_remote_code=True)
+    assert (_logits(model, ids) - masked).abs().max() <= 1e-4
+
+
+@pytest.mark.parametrize("arch,adapter", ADAPTERS)
+def test_pgprune_export_is_the_saved_format(make_setup, tokenizer, tmp_path, arch, adapter):
+    setup = _setup(make_setup, arch, adapter)
+    ids = setup.ids(rows=2, length=10)
+    masked = _masked_then_pruned(setup, setup.keep(seed=3, no_heads=[0], drop_layers=[1]), ids)
+    result = export_directory(_saved(setup, tokenizer, tmp_path / "pg"), tmp_path / "out", "pgprune")
+    model = load_pruned(result.path)
+    assert (_logits(model, ids) - masked).abs().max() <= 1e-4
+    assert result.params == _n_params(model) == _n_params(setup.model)
+
+
+def test_hf_refuses_per_layer_shapes_and_writes_nothing(make_setup, tokenizer, tmp_path):
+    setup = make_setup("llama3")
+    keep = _uniform_keep(setup)
+    channels = setup.layout["channel"]
+    keep[setup.layout.offsets["channel"]][(channels.layer == 1) & (channels.index < 30)] = False
+    prune_model(setup.structure, setup.layout, setup.granularities, keep)
+    with pytest.raises(ExportError) as info:
+        export_pruned(setup.model, tokenizer, tmp_path / "hf", "hf", adapter_name="llama", base_model="x")
+    message = str(info.value)
+    assert "\n" not in message and "MLP width" in message and "layer 1" in message
+    assert "--pruning.shape uniform" in message
+    assert not (tmp_path / "hf").exists() and not list(tmp_path.iterdir())
+
+
+def test_decilm_refuses_per_layer_query_heads(make_setup, tokenizer, tmp_path):
+    setup = make_setup("llama", kinds=("head",))
+    keep = torch.ones(len(setup.layout), dtype=torch.bool)
+    keep[0] = False  # layer 0 keeps 3 of 4 heads, the others 4
+    prune_model(setup.structure, setup.layout, setup.granularities, keep)
+    with pytest.raises(ExportError, match="query-head count is global.*uniform-heads"):
+        export_pruned(setup.model, tokenizer, tmp_path / "d", "decilm", adapter_name="llama", base_model="x")
+    assert not list(tmp_path.iterdir())
+
+
+def test_cli_export_and_its_refusals(make_setup, tokenizer, tmp_path):
+    setup = make_setup("llama3")
+    keep = _uniform_keep(setup)
+    keep[setup.layout.offsets["channel"].start:][:5] = False  # layer 0 narrower than the rest
+    prune_model(setup.structure, setup.layout, setup.granularities, keep)
+    saved = _saved(setup, tokenizer, tmp_path / "pg")
+    runner = CliRunner()
+    refused = runner.invoke(build_app(), ["export", str(saved), "--format", "hf", "--out", str(tmp_path / "hf")])
+    assert refused.exit_code == 2 and len(refused.output.strip().splitlines()) == 1
+    assert "cannot export as hf" in refused.output and not (tmp_path / "hf").exists()
+    unknown = runner.invoke(build_app(), ["export", str(saved), "-f", "gguf", "-o", str(tmp_path / "g")])
+    assert unknown.exit_code == 2 and "choose one of pgprune, hf, decilm" in unknown.output
+    assert not (tmp_path / "g").exists()
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "x").write_text("x")
+    busy = runner.invoke(build_app(), ["export", str(saved), "-f", "pgprune", "-o", str(tmp_path / "full")])
+    assert busy.exit_code == 2 and "not empty" in busy.output
+    ok = runner.invoke(build_app(), ["export", str(saved), "--format", "decilm", "--out", str(tmp_path / "d")])
+    assert ok.exit_code == 0, ok.output
+    assert (Path(tmp_path / "d") / "modeling_decilm.py").is_file()
