@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 
 from pgprune_core.cli import build_app
 from pgprune_core.config.sections import OutputSection
-from pgprune_core.errors import ExportError
+from pgprune_core.errors import ConfigError, ExportError
 from pgprune_core.model import decilm_modeling
 from pgprune_core.model.export import EXPORT_FORMATS, export_directory, export_pruned
 from pgprune_core.model.masking import apply_masks
@@ -203,3 +203,68 @@ def test_cli_export_and_its_refusals(make_setup, tokenizer, tmp_path):
     ok = runner.invoke(build_app(), ["export", str(saved), "--format", "decilm", "--out", str(tmp_path / "d")])
     assert ok.exit_code == 0, ok.output
     assert (Path(tmp_path / "d") / "modeling_decilm.py").is_file()
+
+
+# -- end to end: `pgprune run --output.format ...` ------------------------------------------
+@pytest.fixture(scope="module")
+def assets(tmp_path_factory):
+    from pgprune_core.testing import save_run_assets
+
+    return save_run_assets(tmp_path_factory.mktemp("assets"), calib_chars=6000, eval_chars=6000)
+
+
+def _run(assets, out, **overrides):
+    from pgprune_core.config.resolve import resolve_config
+    from pgprune_core.run.pipeline import run_pipeline
+
+    flat = {
+        "model.name_or_path": str(assets["model"]), "data.calib_file": str(assets["calib"]),
+        "data.eval": [], "data.eval_files": [str(assets["eval"])], "data.seq_len": 16,
+        "data.cache_dir": str(assets["root"] / "cache"), "training.steps": 2,
+        "training.batch_size": 2, "init.name": "random", "estimator.name": "none",
+        "evaluation.evaluators": ["perplexity"], "evaluation.seq_len": 16,
+        "pruning.granularity": "channel,head,layer", "pruning.prune_rate": 0.5,
+        "output.dir": str(out), **overrides,
+    }
+    config = resolve_config(None, None, flat)
+    return config, run_pipeline(config)
+
+
+@pytest.mark.parametrize("fmt", ["hf", "decilm"])
+def test_run_saves_the_model_in_the_requested_format(assets, tmp_path, fmt):
+    overrides = {"output.format": fmt}
+    if fmt == "decilm":
+        overrides["pruning.shape"] = "uniform-heads"
+    config, result = _run(assets, tmp_path / "run", **overrides)
+    assert config.pruning.shape == ("uniform" if fmt == "hf" else "uniform-heads")
+    path = result.run_dir / "model"
+    kwargs = {} if fmt == "hf" else {"trust_remote_code": True}
+    model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    blocks = json.loads((path / "config.json").read_text()).get("block_configs", [])
+    no_op_norms = sum(b["attention"]["no_op"] + b["ffn"]["no_op"] for b in blocks
+                      if not (b["attention"]["no_op"] and b["ffn"]["no_op"]))
+    hidden = model.config.hidden_size
+    assert _n_params(model) == result.metrics["pruned"]["params"] - no_op_norms * hidden
+    ids = torch.randint(3, model.config.vocab_size, (1, 6))
+    assert model.generate(ids, max_new_tokens=4, do_sample=False, pad_token_id=0).shape == (1, 10)
+
+
+def test_run_refuses_a_format_that_cannot_express_the_shape_before_loading(assets, tmp_path):
+    with pytest.raises(ConfigError) as info:
+        _run(assets, tmp_path / "run", **{"output.format": "hf", "pruning.shape": "free"})
+    assert "--pruning.shape uniform" in str(info.value)
+    assert not (tmp_path / "run").exists()
+
+
+def test_export_of_a_run_directory(assets, tmp_path):
+    _, result = _run(assets, tmp_path / "run", **{"pruning.shape": "uniform"})
+    runner = CliRunner()
+    for fmt in ("hf", "decilm"):
+        out = tmp_path / fmt
+        done = runner.invoke(build_app(), ["export", str(result.run_dir), "--format", fmt, "--out", str(out)])
+        assert done.exit_code == 0, done.output
+        kwargs = {} if fmt == "hf" else {"trust_remote_code": True}
+        assert AutoModelForCausalLM.from_pretrained(out, **kwargs).config.vocab_size == 320
+    again = runner.invoke(build_app(), ["export", str(tmp_path / "hf"), "--format", "decilm", "--out",
+                                        str(tmp_path / "x")])
+    assert again.exit_code == 2 and "not saved by pgprune" in again.output
