@@ -12,26 +12,16 @@ from transformers import AutoModelForCausalLM
 
 from pgprune_core.model.accounting import removed_params
 from pgprune_core.model.export import export_pruned
-from pgprune_core.model.masking import apply_masks
 from pgprune_core.model.surgery import load_pruned, prune_model, save_pruned
 from pgprune_core.testing import tiny_tokenizer
 
-from .conftest import ARCHS
+from .conftest import ARCHS, logits, masked_logits
 
 EVERY_KIND = ("channel", "head", "attention", "mlp", "layer")
 COMBINATIONS = [("attention",), ("mlp",), ("attention", "mlp"), ("head", "attention"),
                 ("channel", "mlp", "layer"), EVERY_KIND]
 
 
-def _logits(model, ids):
-    with torch.no_grad():
-        return model(ids, use_cache=False).logits
-
-
-def _masked(setup, ids, keep):
-    with apply_masks(setup.structure, setup.layout, setup.granularities,
-                     keep.float().expand(ids.shape[0], -1)):
-        return _logits(setup.model, ids)
 
 
 def _keep(setup, seed, attention=(), mlp=(), drop_layers=()):
@@ -50,11 +40,11 @@ def test_pruned_equals_masked_and_accounting_is_exact(make_setup, arch, tied):
         setup = make_setup(arch, kinds=kinds, tie_word_embeddings=tied)
         ids = setup.ids(rows=2, length=12)
         keep = _keep(setup, seed=len(kinds), attention=[0, 2], mlp=[1, 2], drop_layers=[3])
-        masked = _masked(setup, ids, keep)
+        masked = masked_logits(setup, ids, keep)
         before = sum(p.numel() for p in setup.model.parameters())
         prune_model(setup.structure, setup.layout, setup.granularities, keep)
         after = sum(p.numel() for p in setup.model.parameters())
-        assert (masked - _logits(setup.model, ids)).abs().max() <= 1e-4, kinds
+        assert (masked - logits(setup.model, ids)).abs().max() <= 1e-4, kinds
         assert before - after == removed_params(setup.layout, keep), kinds
         shapes = [(s.attention.n_heads, s.mlp.intermediate_size) for s in setup.structure.layers]
         if "attention" in kinds:
@@ -88,14 +78,14 @@ def test_generation_and_save_load_without_blocks(make_setup, arch, tmp_path):
     assert torch.equal(cached, uncached)
     path = save_pruned(setup.model, tiny_tokenizer(), tmp_path / "m", adapter_name=setup.adapter_name,
                        base_model="x")
-    assert (_logits(load_pruned(path), ids) - _logits(setup.model, ids)).abs().max() <= 1e-4
+    assert (logits(load_pruned(path), ids) - logits(setup.model, ids)).abs().max() <= 1e-4
 
 
 def test_decilm_writes_dropped_blocks_as_no_op(make_setup, tmp_path):
     setup = make_setup("llama3", kinds=("attention", "mlp", "layer"))
     ids = setup.ids(rows=2, length=8)
     keep = _keep(setup, seed=0, attention=[1], mlp=[2], drop_layers=[0])
-    masked = _masked(setup, ids, keep)
+    masked = masked_logits(setup, ids, keep)
     prune_model(setup.structure, setup.layout, setup.granularities, keep)
     result = export_pruned(setup.model, tiny_tokenizer(), tmp_path / "d", "decilm",
                            adapter_name="llama", base_model="x")
@@ -103,7 +93,7 @@ def test_decilm_writes_dropped_blocks_as_no_op(make_setup, tmp_path):
     assert [(b["attention"]["no_op"], b["ffn"]["no_op"]) for b in blocks] == [
         (True, True), (True, False), (False, True), (False, False)]
     model = AutoModelForCausalLM.from_pretrained(result.path, trust_remote_code=True)
-    assert (_logits(model, ids) - masked).abs().max() <= 1e-4
+    assert (logits(model, ids) - masked).abs().max() <= 1e-4
 
 
 def test_run_end_to_end_with_block_kinds(tmp_path):

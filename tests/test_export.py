@@ -17,9 +17,10 @@ from pgprune_core.config.sections import OutputSection
 from pgprune_core.errors import ConfigError, ExportError
 from pgprune_core.model import decilm_modeling
 from pgprune_core.model.export import EXPORT_FORMATS, export_directory, export_pruned
-from pgprune_core.model.masking import apply_masks
 from pgprune_core.model.surgery import load_pruned, prune_model, save_pruned
 from pgprune_core.testing import tiny_tokenizer
+
+from .conftest import logits, masked_logits
 
 #: (tiny architecture, adapter): every llama-family adapter of this repository
 ADAPTERS = [("llama", "llama"), ("llama3", "vicuna"), ("mistral", "mistral")]
@@ -51,16 +52,12 @@ def _uniform_keep(setup, seed=0, heads=1, channels=10, drop_layers=(2,)):
 
 
 def _masked_then_pruned(setup, keep, ids):
-    with torch.no_grad(), apply_masks(setup.structure, setup.layout, setup.granularities,
-                                      keep.float().expand(ids.shape[0], -1)):
-        masked = setup.model(ids, use_cache=False).logits
+    masked = masked_logits(setup, ids, keep)
     prune_model(setup.structure, setup.layout, setup.granularities, keep)
     return masked
 
 
-def _logits(model, ids):
-    with torch.no_grad():
-        return model(ids, use_cache=False).logits
+_logits = logits
 
 
 def _greedy(model, ids):
@@ -178,7 +175,7 @@ def test_decilm_refuses_per_layer_query_heads(make_setup, tokenizer, tmp_path):
     keep = torch.ones(len(setup.layout), dtype=torch.bool)
     keep[0] = False  # layer 0 keeps 3 of 4 heads, the others 4
     prune_model(setup.structure, setup.layout, setup.granularities, keep)
-    with pytest.raises(ExportError, match="query-head count is global.*uniform-heads"):
+    with pytest.raises(ExportError, match=r"query-head count is global.*uniform-heads"):
         export_pruned(setup.model, tokenizer, tmp_path / "d", "decilm", adapter_name="llama", base_model="x")
     assert not list(tmp_path.iterdir())
 

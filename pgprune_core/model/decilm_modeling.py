@@ -47,6 +47,10 @@ class SubBlock:
         self.__dict__.setdefault("no_op", False)
         self.__dict__.setdefault("replace_with_linear", False)
 
+    def __getattr__(self, name: str) -> Any:
+        # only reached for fields the JSON lacks: hasattr() is False for them, as for vLLM
+        raise AttributeError(name)
+
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
 
@@ -123,7 +127,7 @@ def _linear(in_features: int, out_features: int, bias: bool, like: nn.Linear) ->
 
 def rebuild_blocks(model: nn.Module, config: DeciLMConfig) -> None:
     """Give every layer of ``model`` (built with uniform shapes) its block config."""
-    layers: Any = model.model.layers
+    layers: Any = model.get_submodule("model.layers")
     if len(layers) != len(config.block_configs):
         raise ValueError(f"num_hidden_layers is {len(layers)} but block_configs has "
                          f"{len(config.block_configs)} entries")

@@ -35,7 +35,13 @@ from pgprune_core.errors import ExportError
 from pgprune_core.interfaces import ModelAdapter
 from pgprune_core.model import decilm_modeling, pruned_modeling
 from pgprune_core.model.structure import ModelStructure, ModuleNames
-from pgprune_core.model.surgery import SECTION, layer_origins, layer_shapes, load_pruned, save_pruned
+from pgprune_core.model.surgery import (
+    SECTION,
+    layer_origins,
+    layer_shapes,
+    load_pruned,
+    save_pruned,
+)
 from pgprune_core.run.artifacts import atomic_dir
 
 EXPORT_FORMATS: tuple[str, ...] = ("pgprune", "hf", "decilm")
@@ -177,7 +183,7 @@ def decilm_blocks(structure: ModelStructure, origins: list[int], original_count:
     if window:
         notes.append(f"sliding window {window}: vLLM's and SGLang's DeciLM read no window; serve "
                      f"with a context of at most {window} tokens there")
-    n_heads = heads[0] if heads else int(structure.model.config.num_attention_heads)
+    n_heads = heads[0] if heads else int(cast(Any, structure.model.config).num_attention_heads)
     return n_heads, blocks, notes
 
 
@@ -194,16 +200,17 @@ def _vanilla_config(model: nn.Module) -> dict[str, Any]:
     return config
 
 
-def _meta_model(cls: Any, config: Any) -> nn.Module:
+def _meta_model(cls: Any, config: Any) -> Any:
     """``cls(config)`` without allocating or initialising weights (they are assigned)."""
     with torch.device("meta"):
         return cls(config)
 
 
-def _save_with_weights(target_model: nn.Module, state: Mapping[str, torch.Tensor], tmp: Path,
+def _save_with_weights(target_model: Any, state: Mapping[str, torch.Tensor], tmp: Path,
                        tokenizer: Any) -> int:
-    result = target_model.load_state_dict(dict(state), strict=True, assign=True)
-    del result
+    """Assign ``state`` to ``target_model`` (built on the meta device; every tensor must fit
+    a parameter of the same name and shape) and save both."""
+    target_model.load_state_dict(dict(state), strict=True, assign=True)
     target_model.save_pretrained(tmp)
     if tokenizer is not None:
         tokenizer.save_pretrained(tmp)
