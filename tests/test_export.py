@@ -32,7 +32,8 @@ def tokenizer():
 
 
 def _setup(make_setup, arch, adapter, **config):
-    setup = make_setup(arch, **config)
+    # the LLaMA-3-like model ties its embeddings (the lm_head is not a tensor of its own)
+    setup = make_setup(arch, tie_word_embeddings=arch == "llama3", **config)
     if adapter != setup.adapter_name:
         setup.adapter_name = adapter
     return setup
@@ -250,6 +251,10 @@ def test_run_refuses_a_format_that_cannot_express_the_shape_before_loading(asset
     with pytest.raises(ConfigError) as info:
         _run(assets, tmp_path / "run", **{"output.format": "hf", "pruning.shape": "free"})
     assert "--pruning.shape uniform" in str(info.value)
+    with pytest.raises(ConfigError, match="decilm, which writes such blocks as no_op"):
+        _run(assets, tmp_path / "run", **{"output.format": "hf", "pruning.granularity": "mlp"})
+    with pytest.raises(ConfigError, match="uniform-heads"):
+        _run(assets, tmp_path / "run", **{"output.format": "decilm"})
     assert not (tmp_path / "run").exists()
 
 

@@ -211,6 +211,7 @@ def _save_with_weights(target_model: Any, state: Mapping[str, torch.Tensor], tmp
     """Assign ``state`` to ``target_model`` (built on the meta device; every tensor must fit
     a parameter of the same name and shape) and save both."""
     target_model.load_state_dict(dict(state), strict=True, assign=True)
+    target_model.tie_weights()  # assignment replaced the tied parameters one by one
     target_model.save_pretrained(tmp)
     if tokenizer is not None:
         tokenizer.save_pretrained(tmp)

@@ -82,7 +82,14 @@ def check_output_format(config: RunConfig) -> None:
     end of an expensive run would waste it)."""
     pruning, fmt = config.pruning, config.output.format
     shapes = FORMAT_SHAPES.get(fmt)
-    if shapes is None or not config.output.save_model or pruning.shape in shapes:
+    if shapes is None or not config.output.save_model:
+        return
+    blocks = sorted({"attention", "mlp"} & set(pruning.granularity))
+    if fmt == "hf" and blocks:
+        raise ConfigError(f"--output.format hf cannot express a layer without its "
+                          f"{' or '.join(blocks)} block (--granularity {','.join(blocks)}); use "
+                          f"--output.format decilm, which writes such blocks as no_op")
+    if pruning.shape in shapes:
         return
     needs = {"hf": {"channel", "head"}, "decilm": {"head"}}[fmt]
     pruned = sorted(needs & set(pruning.granularity))

@@ -37,6 +37,9 @@ FORMAT = "pgprune-run/1"
 #: settings of how a run executes, not of what it learns: they may differ on resume (say, on
 #: another machine), and the digests of runs made before they existed stay valid
 EXECUTION_KEYS = ("output", "training.threads")
+#: keys added after runs existed, with the value that means what those runs did: left out of
+#: the digest at that value, so the digests of older runs stay valid
+LATER_KEYS = {"pruning.shape": "free", "pruning.channel_multiple": 1}
 
 
 def config_digest(config: RunConfig) -> str:
@@ -48,6 +51,10 @@ def config_digest(config: RunConfig) -> str:
         for part in parents:
             section = section.get(part, {})
         section.pop(last, None)
+    for key, default in LATER_KEYS.items():
+        section_name, _, name = key.partition(".")
+        if data.get(section_name, {}).get(name) == default:
+            data[section_name].pop(name)
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
 
