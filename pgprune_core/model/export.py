@@ -72,40 +72,42 @@ def _layers_text(layers: list[int]) -> str:
     return ("layer " if len(layers) == 1 else "layers ") + ", ".join(map(str, layers))
 
 
-def _groups(values: list[Any]) -> str:
-    """``"4 in layers 0, 2; 2 in layer 1"``."""
+def _groups(values: list[Any], origins: list[int]) -> str:
+    """``"4 in layers 0, 2; 2 in layer 1"`` (layers numbered as in the original model)."""
     where: dict[Any, list[int]] = {}
-    for index, value in enumerate(values):
-        where.setdefault(value, []).append(index)
+    for origin, value in zip(origins, values, strict=True):
+        where.setdefault(value, []).append(origin)
     return "; ".join(f"{value} in {_layers_text(layers)}" for value, layers in where.items())
 
 
 # -- checks -------------------------------------------------------------------------------
-def check_shapes(fmt: str, shapes: list[dict[str, int]]) -> None:
+def check_shapes(fmt: str, shapes: list[dict[str, int]], origins: list[int] | None = None) -> None:
     """Refuse, from the per-layer shapes alone (:func:`~pgprune_core.model.surgery.layer_shapes`,
     also in a saved model's config), what ``fmt`` cannot express; cheap, so it runs before
-    any weight is loaded."""
+    any weight is loaded.  ``origins``: the layers' indices in the original model, which
+    the messages name (default: their positions)."""
+    origins = list(range(len(shapes))) if origins is None else origins
     if fmt == "hf":
-        check_hf(shapes)
+        check_hf(shapes, origins)
     elif fmt == "decilm":
-        check_query_heads(shapes)
+        check_query_heads(shapes, origins)
 
 
-def check_query_heads(shapes: list[dict[str, int]]) -> None:
+def check_query_heads(shapes: list[dict[str, int]], origins: list[int]) -> None:
     heads = {s["n_heads"] for s in shapes if s["n_heads"]}
     if len(heads) > 1:
         raise ExportError(
             f"cannot export as decilm: its query-head count is global (num_attention_heads; "
             f"n_heads_in_group = query heads per KV head) but layers keep different numbers of "
-            f"query heads ({_groups([s['n_heads'] for s in shapes])}); prune with "
+            f"query heads ({_groups([s['n_heads'] for s in shapes], origins)}); prune with "
             f"--pruning.shape uniform-heads"
         )
 
 
-def check_hf(shapes: list[dict[str, int]]) -> None:
+def check_hf(shapes: list[dict[str, int]], origins: list[int]) -> None:
     """Refuse a model whose layers a single transformers config cannot describe."""
-    empty_attention = [i for i, s in enumerate(shapes) if s["n_heads"] == 0]
-    empty_mlp = [i for i, s in enumerate(shapes) if s["intermediate_size"] == 0]
+    empty_attention = [o for o, s in zip(origins, shapes, strict=True) if s["n_heads"] == 0]
+    empty_mlp = [o for o, s in zip(origins, shapes, strict=True) if s["intermediate_size"] == 0]
     hint = ("prune with --pruning.shape uniform (or export --format decilm, which expresses "
             "per-layer shapes)")
     if empty_attention or empty_mlp:
@@ -120,7 +122,7 @@ def check_hf(shapes: list[dict[str, int]]) -> None:
                        ("intermediate_size", "MLP width")):
         values = [s[key] for s in shapes]
         if len(set(values)) > 1:
-            raise ExportError(f"cannot export as hf: layers differ in {label} ({_groups(values)}); "
+            raise ExportError(f"cannot export as hf: layers differ in {label} ({_groups(values, origins)}); "
                               f"a transformers config has one shape for every layer: {hint}")
 
 
@@ -137,7 +139,7 @@ def decilm_blocks(structure: ModelStructure, origins: list[int], original_count:
                           "(model.layers.N.self_attn.q_proj, ...), this model's differ")
     hidden = structure.hidden_size
     shapes = layer_shapes(structure)
-    check_query_heads(shapes)
+    check_query_heads(shapes, origins)
     heads = [s["n_heads"] for s in shapes if s["n_heads"]]
     blocks: list[dict[str, Any]] = [
         {"attention": {"no_op": True, "replace_with_linear": False},
@@ -220,7 +222,7 @@ def _save_with_weights(target_model: Any, state: Mapping[str, torch.Tensor], tmp
 
 def _export_hf(model: nn.Module, tokenizer: Any, target: Path, structure: ModelStructure,
                base_class: str) -> ExportResult:
-    check_hf(layer_shapes(structure))
+    check_hf(layer_shapes(structure), layer_origins(model.config, structure.n_layers)[0])
     shape = layer_shapes(structure)[0]
     cls = pruned_modeling.import_object(base_class)
     notes = []
@@ -342,11 +344,13 @@ def export_directory(source: str | Path, path: str | Path, fmt: str) -> ExportRe
         raise ExportError(f"refusing to export {source} onto itself")
     _check_target(target)
     try:
-        shapes = json.loads((source / "config.json").read_text(encoding="utf-8"))[SECTION]["layers"]
+        section = json.loads((source / "config.json").read_text(encoding="utf-8"))[SECTION]
+        shapes, origins = section["layers"], section.get("original_layers")
     except (OSError, ValueError, KeyError, TypeError):
         shapes = None  # load_pruned names what is wrong with the directory
     if shapes is not None:
-        check_shapes(fmt, shapes)
+        valid = isinstance(origins, list) and len(origins) == len(shapes)
+        check_shapes(fmt, shapes, origins if valid else None)
     model = load_pruned(source)
     section = getattr(model.config, SECTION)
     try:
