@@ -267,6 +267,11 @@ def test_export_of_a_run_directory(assets, tmp_path):
         assert done.exit_code == 0, done.output
         kwargs = {} if fmt == "hf" else {"trust_remote_code": True}
         assert AutoModelForCausalLM.from_pretrained(out, **kwargs).config.vocab_size == 320
+    from pgprune_core.cli.eval_cmd import load_for_eval
+
+    for fmt, how in (("hf", "adapter llama"), ("decilm", "pgprune decilm export")):
+        loaded = load_for_eval(str(tmp_path / fmt), tmp_path / fmt, "float32", "cpu")
+        assert loaded.how == how and loaded.tokenizer is not None
     again = runner.invoke(build_app(), ["export", str(tmp_path / "hf"), "--format", "decilm", "--out",
                                         str(tmp_path / "x")])
     assert again.exit_code == 2 and "not saved by pgprune" in again.output

@@ -360,3 +360,30 @@ def export_directory(source: str | Path, path: str | Path, fmt: str) -> ExportRe
     return export_pruned(model, tokenizer, target, fmt, adapter_name=section["adapter"],
                          base_model=section.get("base_model", str(source)),
                          extra=section.get("extra"))
+
+
+def is_decilm_dir(path: str | Path) -> bool:
+    """Whether ``path`` holds a ``decilm`` export (its config's model type is Nemotron-NAS's
+    and pgprune's modeling file is beside it)."""
+    path = Path(path)
+    try:
+        config = json.loads((path / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return (isinstance(config, dict)
+            and config.get("model_type") == decilm_modeling.DeciLMConfig.model_type
+            and (path / DECILM_MODELING_FILE).is_file())
+
+
+def load_decilm(path: str | Path, *, dtype: torch.dtype | None = None,
+                device: str | torch.device = "cpu") -> nn.Module:
+    """A ``decilm`` export loaded with pgprune's own copy of its modeling code (no remote
+    code runs), in eval mode with gradients off."""
+    try:
+        model: Any = decilm_modeling.DeciLMForCausalLM.from_pretrained(path, dtype=dtype or "auto")
+    except Exception as exc:
+        raise ExportError(f"cannot load the decilm model in {path}: {exc}") from exc
+    model = model.to(device)
+    model.eval()
+    model.requires_grad_(False)
+    return cast(nn.Module, model)
