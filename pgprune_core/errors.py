@@ -62,6 +62,10 @@ class ModelError(PgpruneError):
     """A model that cannot be loaded, is not supported, or is corrupt on disk."""
 
 
+class ExportError(ModelError):
+    """A model that the requested export format cannot express (or a target that exists)."""
+
+
 class DataError(PgpruneError):
     """A corpus that cannot be loaded or is too small for what was asked."""
 

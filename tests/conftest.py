@@ -72,3 +72,18 @@ def make_setup(registry: Any) -> Callable[..., Setup]:
         return Setup(model, adapter_name, structure, granularities, layout)
 
     return make
+
+
+def logits(model: nn.Module, ids: torch.Tensor) -> torch.Tensor:
+    """The model's logits for ``ids`` without a cache, no gradients."""
+    with torch.no_grad():
+        return model(ids, use_cache=False).logits
+
+
+def masked_logits(setup: Setup, ids: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    """The logits with ``keep`` (bool [n]) installed as the mask of every row."""
+    from pgprune_core.model.masking import apply_masks
+
+    with apply_masks(setup.structure, setup.layout, setup.granularities,
+                     keep.float().expand(ids.shape[0], -1)):
+        return logits(setup.model, ids)

@@ -15,24 +15,15 @@ from pgprune_core import load_pruned as public_load_pruned
 from pgprune_core.errors import ModelError, UnknownPluginError
 from pgprune_core.model import pruned_modeling
 from pgprune_core.model.accounting import removed_params
-from pgprune_core.model.masking import apply_masks
 from pgprune_core.model.surgery import MODELING_FILE, load_pruned, prune_model, save_pruned
 from pgprune_core.testing import tiny_tokenizer
 
-from .conftest import ALL_KINDS, ARCHS
+from .conftest import ALL_KINDS, ARCHS, logits, masked_logits
 
 COMBINATIONS = [("channel",), ("head",), ("layer",), ("channel", "head"), ALL_KINDS]
 
 
-def _logits(model, ids):
-    with torch.no_grad():
-        return model(ids, use_cache=False).logits
-
-
-def _masked_logits(setup, ids, keep):
-    with apply_masks(setup.structure, setup.layout, setup.granularities,
-                     keep.float().expand(ids.shape[0], -1)):
-        return _logits(setup.model, ids)
+_logits, _masked_logits = logits, masked_logits
 
 
 def _pruned(make_setup, arch="llama", tied=False, **keep_args):

@@ -3,7 +3,8 @@
 Accepts a Hugging Face model directory or hub id (loaded through the adapter that claims
 it, or plain ``AutoModelForCausalLM`` when none does: measuring needs no architecture
 knowledge), a model saved by pgprune (its config has a ``pgprune`` section; loaded with
-``load_pruned``), or a run directory (its ``model/``).  Evaluator options are dotted
+``load_pruned``; a ``decilm`` export with pgprune's own copy of its modeling code), or a run
+directory (its ``model/``).  Evaluator options are dotted
 options named after the evaluator: ``--perplexity.max_windows 50``, ``--lm-eval.tasks
 piqa,arc_easy``.  The result has the shape of one side of a run's ``metrics.json``.
 """
@@ -74,6 +75,7 @@ def load_for_eval(target: str, directory: Path | None, dtype: str, device: str) 
     :func:`model_directory`) with its tokenizer, in eval mode."""
     from transformers import AutoTokenizer
 
+    from pgprune_core.model.export import is_decilm_dir, load_decilm
     from pgprune_core.model.hf_adapter import DTYPES as TORCH_DTYPES
     from pgprune_core.model.hf_adapter import load_model_config
 
@@ -86,6 +88,10 @@ def load_for_eval(target: str, directory: Path | None, dtype: str, device: str) 
         except Exception as exc:
             raise ModelError(f"cannot load the tokenizer saved in {directory}: {exc}") from None
         return ModelToEvaluate(pruned, tokenizer, directory, "pgprune pruned model")
+    if directory is not None and is_decilm_dir(directory):
+        decilm = load_decilm(directory, dtype=TORCH_DTYPES[dtype], device=device)
+        return ModelToEvaluate(decilm, AutoTokenizer.from_pretrained(directory), directory,
+                               "pgprune decilm export")
     name = str(directory) if directory is not None else target
     registry = get_registry()
     adapter_name = registry.resolve_adapter(load_model_config(name))

@@ -26,11 +26,12 @@ import torch
 from pgprune_core.compare.grid import Cell, GridAxes
 from pgprune_core.config.sections import RunConfig
 from pgprune_core.model.structure import UnitLayout, UnitSet
-from pgprune_core.optim.budget import Budget, protected_mask
+from pgprune_core.optim.budget import protected_mask
 from pgprune_core.optim.step_size import StepSizeConfig, effective_lr
 from pgprune_core.report.markdown import markdown_table
 from pgprune_core.report.plots import read_jsonl
 from pgprune_core.run.artifacts import atomic_write_text
+from pgprune_core.run.pipeline import make_budget
 from pgprune_core.run.rundir import RunDir
 
 
@@ -66,7 +67,7 @@ def initializer_mask(cell: Cell, kinds: dict[str, dict[str, list[Any]]], n_layer
     layout = masks_layout(kinds)
     first, last = cell.config.pruning.protect_layers
     protected = protected_mask(layout, n_layers, first, last)
-    return Budget(cell.config.pruning.budget, layout, cell.rate, protected).final_mask(scores)
+    return make_budget(cell.config, layout, cell.rate, protected).final_mask(scores)
 
 
 def start_lr(config: RunConfig) -> float | None:

@@ -221,6 +221,10 @@ def resolve_config(
                 data[section] = value
     data = merge(data, {k: v for k, v in (flags or {}).items() if v is not None})
     data = merge(data, overrides or {})
+    output, pruning = data.get("output"), data.setdefault("pruning", {})
+    if isinstance(output, dict) and output.get("format") == "hf" and isinstance(pruning, dict):
+        # a vanilla transformers config has one shape for every layer
+        pruning.setdefault("shape", "uniform")
     data_section = data.get("data")
     if not explicit_eval and isinstance(data_section, dict) and data_section.get("eval_files"):
         # explicit evaluation files replace the default hub corpus (as in `pgprune eval`)

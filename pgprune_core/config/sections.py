@@ -99,6 +99,13 @@ class PruningSection(Section):
     budget: Literal["per-type", "global", "params", "local"] = "per-type"
     #: keep the first and the last N layers whole (LLM-Pruner's protection: [4, 2])
     protect_layers: tuple[int, int] = (0, 0)
+    #: free: any per-layer counts; uniform-heads: every layer keeps the same number of KV
+    #: groups (the decilm format's global query-head count); uniform: the same number of
+    #: heads and MLP channels in every layer (the hf format). Needs budget per-type or local
+    shape: Literal["free", "uniform-heads", "uniform"] = "free"
+    #: every pruned layer keeps a multiple of N MLP channels (256: widths that the decilm
+    #: format's ffn_mult expresses exactly in every engine). Needs budget per-type or local
+    channel_multiple: int = Field(default=1, ge=1)
 
     @field_validator("prune_rate")
     @classmethod
@@ -171,6 +178,10 @@ class OutputSection(Section):
     dir: str | None = None
     overwrite: bool = False
     save_model: bool = True
+    #: format of the saved model/: pgprune (any per-layer shapes; load_pruned or
+    #: trust_remote_code), hf (a vanilla transformers class; implies pruning.shape uniform
+    #: unless set), decilm (NVIDIA Nemotron-NAS DeciLMForCausalLM, served by vLLM/SGLang)
+    format: Literal["pgprune", "hf", "decilm"] = "pgprune"
 
 
 class RunConfig(Section):

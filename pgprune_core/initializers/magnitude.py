@@ -26,7 +26,7 @@ class MagnitudeInitializer(CheckedInitializer):
     """RMS of each unit's own weights (data-free baseline)."""
 
     name = "magnitude"
-    kinds = frozenset({"channel", "head", "layer"})
+    kinds = frozenset({"channel", "head", "attention", "mlp", "layer"})
     needs_calibration = False
 
     class Config(InitializerConfig):

@@ -25,7 +25,7 @@ class RandomInitializer(CheckedInitializer):
     """Uniform random scores from a generator seeded by the run's seed."""
 
     name = "random"
-    kinds = frozenset({"channel", "head", "layer"})
+    kinds = frozenset({"channel", "head", "attention", "mlp", "layer"})
     needs_calibration = False
 
     class Config(InitializerConfig):

@@ -45,7 +45,7 @@ class TaylorInitializer(CheckedInitializer):
     """LLM-Pruner's first-order Taylor |w * dL/dw| per unit (one backward per batch)."""
 
     name = "taylor"
-    kinds = frozenset({"channel", "head", "layer"})
+    kinds = frozenset({"channel", "head", "attention", "mlp", "layer"})
     needs_calibration = True
 
     class Config(InitializerConfig):

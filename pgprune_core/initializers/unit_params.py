@@ -7,6 +7,7 @@ A unit's *own* parameters are the entries that disappear when the unit is cut ou
 - ``head`` g (a KV group under GQA, a plain head under MHA): the rows of ``q_proj`` of its
   query heads, the rows of ``k_proj`` and ``v_proj`` of its KV head (and their bias
   entries) and the columns of ``o_proj`` of its query heads;
+- ``attention`` / ``mlp`` of a layer: what all of its heads / channels own together;
 - ``layer`` l: every parameter of the decoder layer (norms included).
 
 Biases of ``down_proj`` and ``o_proj`` are shared by all units of the block and belong to
@@ -69,9 +70,16 @@ def unit_slices(site: LayerSite, kind: str) -> list[UnitSlice]:
         slices += [UnitSlice(lin.bias, _rows(g)) for lin in (att.q_proj, att.k_proj, att.v_proj)
                    if lin.bias is not None]
         return slices
+    if kind in BLOCK_PARTS:
+        return [UnitSlice(part.param, _whole) for part in unit_slices(site, BLOCK_PARTS[kind])]
     if kind == "layer":
         return [UnitSlice(param, _whole) for param in site.module.parameters()]
-    raise ConfigError(f"no parameter map for granularity '{kind}'; known: channel, head, layer")
+    raise ConfigError(f"no parameter map for granularity '{kind}'; known: channel, head, "
+                      f"attention, mlp, layer")
+
+
+#: a whole block's unit -> the kind of the units it consists of
+BLOCK_PARTS = {"attention": "head", "mlp": "channel"}
 
 
 def unit_parameters(structure: ModelStructure, kinds: Sequence[str]) -> list[torch.Tensor]:

@@ -49,7 +49,7 @@ def layer_shapes(structure: ModelStructure) -> list[dict[str, int]]:
     ]
 
 
-def _layer_origins(config: Any, n_layers: int) -> tuple[list[int], int]:
+def layer_origins(config: Any, n_layers: int) -> tuple[list[int], int]:
     """Original indices of the current layers and the original layer count (a model that
     was pruned and saved before carries them in its ``pgprune`` section)."""
     section = getattr(config, SECTION, None) or {}
@@ -74,7 +74,7 @@ def prune_model(
     if keep.shape != (len(layout),):
         raise ValueError(f"keep must have shape [{len(layout)}], got {list(keep.shape)}")
     config = structure.model.config
-    origins, original_count = _layer_origins(config, structure.n_layers)
+    origins, original_count = layer_origins(config, structure.n_layers)
     origin_of = {id(site): origin for site, origin in zip(structure.layers, origins, strict=True)}
     before = structure.total_params()
     parts = layout.split(keep.bool())
@@ -116,7 +116,7 @@ def save_pruned(
         raise ModelError(f"refusing to overwrite {target}: it exists and is not a pgprune model")
     adapter = cast(ModelAdapter, get_registry().cls("adapter", adapter_name)())
     structure = adapter.describe_model(model)
-    origins, original_count = _layer_origins(model.config, structure.n_layers)
+    origins, original_count = layer_origins(model.config, structure.n_layers)
     section = {
         "format": FORMAT_VERSION,
         "pgprune_version": pgprune_version,

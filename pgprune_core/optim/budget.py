@@ -22,6 +22,21 @@ keeps the kind's overall rate (LLM-Pruner does the same for its protected blocks
 kind with at most one unit per layer (the ``layer`` granularity) is a single ``local`` group:
 "the same rate in every layer" means nothing for it.
 
+Shape constraints (``pruning.shape``, ``pruning.channel_multiple``) shape the mask for the
+serving formats (``docs/serving.md``).  ``uniform-heads`` gives the head kind one group per
+layer, each removing the same number of KV groups (which ones is chosen per layer by the
+scores); ``uniform`` does so for heads and MLP channels.  The projection sees those
+per-layer groups, so the probabilities already live in the uniform set.  With
+``channel_multiple`` N every unprotected layer keeps a multiple of N channels: a per-layer
+group keeps its target rounded to the nearest multiple (halves up); the per-type channel
+group keeps ``N * round(kept / N)`` channels in all, allotted in blocks of N: each layer's
+channels ranked by score, the blocks of N in that order valued by their score sums, and the
+highest-valued blocks kept (a layer's block values do not increase, so this keeps exactly
+the masks of largest total score among those of that size, and a layer's blocks are kept
+from the front).  The projection sees the channel group's unrounded capacity.  Shape
+constraints need the ``per-type`` or ``local`` budget (the others trade kinds against each
+other) and, for the uniform kinds, unprotected layers of equal unit counts.
+
 Rounding (:meth:`Budget.final_mask`): with unit weights a group removes
 ``round(target)`` units, rounding halves up (with a 1e-9 guard against the float error of
 ``rate * n``); with ``params`` it removes the shortest prefix of lowest-score units whose
@@ -44,6 +59,13 @@ from pgprune_core.model.structure import UnitLayout
 
 BudgetMode = Literal["per-type", "global", "params", "local"]
 BUDGET_MODES: tuple[str, ...] = ("per-type", "global", "params", "local")
+Shape = Literal["free", "uniform-heads", "uniform"]
+SHAPES: tuple[str, ...] = ("free", "uniform-heads", "uniform")
+#: the kinds each shape makes uniform across layers
+UNIFORM_KINDS: dict[str, tuple[str, ...]] = {"free": (), "uniform-heads": ("head",),
+                                             "uniform": ("head", "channel")}
+#: the kind ``channel_multiple`` applies to
+CHANNEL_KIND = "channel"
 
 
 @dataclass(frozen=True)
@@ -54,6 +76,9 @@ class _Group:
     free: torch.Tensor  # int64 [k], ascending layout indices of the unprotected units
     weights: torch.Tensor  # float64 [k], unit weights or parameter costs (unnormalised)
     remove: float  # weight the group must lose, in the same units as ``weights``
+    #: kept units of each layer a multiple of this (1: no constraint)
+    multiple: int = 1
+    layers: torch.Tensor | None = None  # int64 [k], layer of each free unit (when multiple > 1)
 
 
 def _round_half_up(x: float) -> int:
@@ -69,9 +94,15 @@ class Budget:
         layout: UnitLayout,
         prune_rate: float,
         protected: torch.Tensor | None = None,
+        shape: Shape = "free",
+        channel_multiple: int = 1,
     ) -> None:
         if mode not in BUDGET_MODES:
             raise ConfigError(f"unknown budget {mode!r}; choose one of {', '.join(BUDGET_MODES)}")
+        if shape not in SHAPES:
+            raise ConfigError(f"unknown shape {shape!r}; choose one of {', '.join(SHAPES)}")
+        if channel_multiple < 1:
+            raise ConfigError(f"pruning.channel_multiple must be >= 1, got {channel_multiple}")
         if not 0.0 < prune_rate < 1.0:
             raise ConfigError(f"the prune rate must lie in (0, 1), got {prune_rate}")
         n = len(layout)
@@ -83,6 +114,9 @@ class Budget:
         self.layout = layout
         self.prune_rate = float(prune_rate)
         self.protected = protected.clone()
+        self.shape: Shape = shape
+        self.channel_multiple = int(channel_multiple)
+        self._check_shape()
         self._groups = self._build_groups()
 
     # -- groups -------------------------------------------------------------------------
@@ -90,6 +124,36 @@ class Budget:
         if self.mode == "params":
             return self.layout.cost.to(torch.float64)
         return torch.ones(len(self.layout), dtype=torch.float64)
+
+    def _constrained(self) -> set[str]:
+        kinds = set(UNIFORM_KINDS[self.shape])
+        if self.channel_multiple > 1:
+            kinds.add(CHANNEL_KIND)
+        return kinds & set(self.layout.kinds)
+
+    def _check_shape(self) -> None:
+        """Refuse shape constraints the budget or the model cannot honour exactly."""
+        constrained = self._constrained()
+        if not constrained:
+            return
+        what = (f"pruning.shape {self.shape}" if self.shape != "free"
+                else f"pruning.channel_multiple {self.channel_multiple}")
+        if self.mode not in ("per-type", "local"):
+            raise ConfigError(f"{what} needs --budget per-type or local (budget {self.mode} trades "
+                              f"kinds against each other, so no layer's count is fixed)")
+        for kind in sorted(set(UNIFORM_KINDS[self.shape]) & constrained):
+            units = self.layout[kind]
+            free = ~self.protected[self.layout.offsets[kind]]
+            counts = torch.bincount(units.layer[free]) if bool(free.any()) else torch.zeros(0)
+            counts = counts[counts > 0]
+            if bool(self.protected[self.layout.offsets[kind]].any()):
+                raise ConfigError(f"pruning.shape {self.shape} prunes every layer's {kind}s alike, "
+                                  f"but --protect-layers keeps some layers whole; protect none, "
+                                  f"or use --pruning.shape free")
+            if counts.numel() and bool((counts != counts[0]).any()):
+                raise ConfigError(f"pruning.shape {self.shape}: the layers have different numbers "
+                                  f"of {kind} units ({sorted(set(counts.tolist()))}), so no count "
+                                  f"is the same in every layer")
 
     def _build_groups(self) -> list[_Group]:
         weights, rate, free_mask = self._weights(), self.prune_rate, ~self.protected
@@ -100,17 +164,18 @@ class Budget:
             members = [(kind, kind_ids == i) for i, kind in enumerate(self.layout.kinds)]
         for label, member in members:
             self._check_feasible(label, weights, member)
-        if self.mode != "local":
-            return [
-                _Group(label, torch.nonzero(member & free_mask).flatten(),
-                       weights[member & free_mask], rate * float(weights[member].sum()))
-                for label, member in members if bool(member.any())
-            ]
+        uniform = set(UNIFORM_KINDS[self.shape])
         groups = []
         layers = self.layout.layer
         for label, member in members:
             n_kind, n_free = int(member.sum()), int((member & free_mask).sum())
             if n_free == 0:
+                continue
+            multiple = self.channel_multiple if label == CHANNEL_KIND else 1
+            if self.mode != "local" and label not in uniform:
+                free = torch.nonzero(member & free_mask).flatten()
+                groups.append(_Group(label, free, weights[free], rate * float(weights[member].sum()),
+                                     multiple, layers[free] if multiple > 1 else None))
                 continue
             kind_rate = rate * n_kind / n_free  # <= 1, checked above
             kind_layers = layers[member]
@@ -122,7 +187,8 @@ class Budget:
             for sub_label, sub in splits:
                 free = torch.nonzero(sub & free_mask).flatten()
                 if free.numel():
-                    groups.append(_Group(sub_label, free, weights[free], kind_rate * free.numel()))
+                    groups.append(_Group(sub_label, free, weights[free], kind_rate * free.numel(),
+                                         multiple, layers[free] if multiple > 1 else None))
         return groups
 
     def _check_feasible(self, label: str, weights: torch.Tensor, member: torch.Tensor) -> None:
@@ -172,6 +238,12 @@ class Budget:
                 removed_cost = torch.cumsum(group.weights[order], 0)
                 reached = removed_cost >= group.remove * (1.0 - 1e-12)
                 n_remove = int(reached.to(torch.int8).argmax()) + 1
+            elif group.multiple > 1:
+                assert group.layers is not None
+                kept = _multiple_keep(values[group.free], group.layers, group.multiple,
+                                      group.free.numel() - _round_half_up(group.remove))
+                keep[group.free[~kept]] = False
+                continue
             else:
                 n_remove = min(_round_half_up(group.remove), order.numel())
             keep[group.free[order[:n_remove]]] = False
@@ -191,6 +263,26 @@ class Budget:
         total = float(weights.sum())
         out["all"] = float(weights[removed].sum()) / total if total else 0.0
         return out
+
+
+def _multiple_keep(scores: torch.Tensor, layers: torch.Tensor, multiple: int, target: int) -> torch.Tensor:
+    """bool [k]: keep ``multiple * round(target / multiple)`` of the units (at most what
+    whole blocks of every layer hold), each layer a multiple of ``multiple``, of largest
+    total score (module docstring).  Ties: the lower index is removed first."""
+    n_blocks = _round_half_up(max(target, 0) / multiple)
+    blocks: list[tuple[float, int, int, torch.Tensor]] = []  # (-value, layer, position, units)
+    for layer in layers.unique().tolist():
+        members = torch.nonzero(layers == layer).flatten()
+        # ascending with ties by index = removal order; kept order is its reverse
+        ranked = members[torch.sort(scores[members], stable=True).indices].flip(0)
+        for position in range(members.numel() // multiple):
+            units = ranked[position * multiple:(position + 1) * multiple]
+            blocks.append((-float(scores[units].sum()), int(layer), position, units))
+    blocks.sort(key=lambda block: block[:3])
+    keep = torch.zeros(scores.numel(), dtype=torch.bool)
+    for _, _, _, units in blocks[:n_blocks]:
+        keep[units] = True
+    return keep
 
 
 def protected_mask(layout: UnitLayout, n_layers: int, first: int, last: int) -> torch.Tensor:

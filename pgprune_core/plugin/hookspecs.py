@@ -51,7 +51,7 @@ def pgprune_register_adapters(register: Callable[[type[ModelAdapter]], None]) ->
 
 @hookspec
 def pgprune_register_granularities(register: Callable[[type[Granularity]], None]) -> None:
-    """Register :class:`~pgprune_core.interfaces.Granularity` classes (channel, head, layer)."""
+    """Register :class:`~pgprune_core.interfaces.Granularity` classes (channel, head, attention, mlp, layer)."""
 
 
 @hookspec

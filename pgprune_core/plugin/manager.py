@@ -35,6 +35,8 @@ DEFAULT_PLUGINS: dict[str, str] = {
     "builtin-channel": "pgprune_core.model.granularity.channel",
     "builtin-head": "pgprune_core.model.granularity.head",
     "builtin-layer": "pgprune_core.model.granularity.layer",
+    "builtin-attention": "pgprune_core.model.granularity.attention",
+    "builtin-mlp": "pgprune_core.model.granularity.mlp",
     "builtin-bisection": "pgprune_core.optim.projection",
     "builtin-none": "pgprune_core.optim.no_estimator",
     "builtin-random": "pgprune_core.initializers.random_scores",
@@ -50,7 +52,8 @@ DEFAULT_PLUGINS: dict[str, str] = {
 #: Built-ins every run needs (the unit kinds and the projection): ``PGPRUNE_DISABLE_PLUGINS``
 #: does not remove them, neither by plugin name nor by component name.
 ESSENTIAL_PLUGINS: frozenset[str] = frozenset(
-    {"builtin-channel", "builtin-head", "builtin-layer", "builtin-bisection"}
+    {"builtin-channel", "builtin-head", "builtin-layer", "builtin-attention", "builtin-mlp",
+     "builtin-bisection"}
 )
 
 

@@ -73,9 +73,36 @@ def check_initializer(config: RunConfig, registry: Registry) -> None:
     )
 
 
+#: the shapes each output format needs when heads / channels are pruned
+FORMAT_SHAPES = {"hf": ("uniform",), "decilm": ("uniform-heads", "uniform")}
+
+
+def check_output_format(config: RunConfig) -> None:
+    """The saved model's format can express the shapes the budget allows (a refusal at the
+    end of an expensive run would waste it)."""
+    pruning, fmt = config.pruning, config.output.format
+    shapes = FORMAT_SHAPES.get(fmt)
+    if shapes is None or not config.output.save_model:
+        return
+    blocks = sorted({"attention", "mlp"} & set(pruning.granularity))
+    if fmt == "hf" and blocks:
+        raise ConfigError(f"--output.format hf cannot express a layer without its "
+                          f"{' or '.join(blocks)} block (--granularity {','.join(blocks)}); use "
+                          f"--output.format decilm, which writes such blocks as no_op")
+    if pruning.shape in shapes:
+        return
+    needs = {"hf": {"channel", "head"}, "decilm": {"head"}}[fmt]
+    pruned = sorted(needs & set(pruning.granularity))
+    if pruned:
+        raise ConfigError(f"--output.format {fmt} cannot express per-layer {' and '.join(pruned)} "
+                          f"counts, which --pruning.shape {pruning.shape} allows; use "
+                          f"--pruning.shape {shapes[0]}")
+
+
 def preflight(config: RunConfig, registry: Registry) -> None:
     """Every cheap check, in the order a user would want to hear about them."""
     check_files(config)
+    check_output_format(config)
     if config.model.device_map is None:
         check_device(config.model.device)
     check_initializer(config, registry)

@@ -95,6 +95,14 @@ def load_model(config: RunConfig, registry: Registry, reporter: Reporter) -> tup
     return adapter_name, loaded
 
 
+def make_budget(config: RunConfig, layout: Any, rate: float, protected: torch.Tensor) -> Budget:
+    """The budget of ``config.pruning`` at ``rate`` (the progressive schedule's stages differ
+    in the rate only)."""
+    pruning = config.pruning
+    return Budget(pruning.budget, layout, rate, protected, shape=pruning.shape,
+                  channel_multiple=pruning.channel_multiple)
+
+
 def prepare(config: RunConfig, registry: Registry, reporter: Reporter) -> Prepared:
     adapter_name, loaded = load_model(config, registry, reporter)
     adapter = registry.cls("adapter", adapter_name)()
@@ -111,7 +119,7 @@ def prepare(config: RunConfig, registry: Registry, reporter: Reporter) -> Prepar
             f"nothing is left to prune"
         )
     protected = protected_mask(layout, structure.n_layers, first, last)
-    budget = Budget(config.pruning.budget, layout, config.pruning.prune_rate, protected)
+    budget = make_budget(config, layout, config.pruning.prune_rate, protected)
     device = next(loaded.model.parameters()).device
     return Prepared(adapter_name, loaded, structure, granularities, layout, budget, protected, device,
                     structure.n_layers)
@@ -183,7 +191,7 @@ def plan_stages(config: RunConfig, prep: Prepared, steps_per_epoch: int) -> list
         steps = [math.ceil(training.progressive_stage_epochs * steps_per_epoch)] * len(rates)
     stages = []
     for rate, n in zip(rates, steps, strict=True):
-        budget = Budget(config.pruning.budget, prep.layout, rate, prep.protected)
+        budget = make_budget(config, prep.layout, rate, prep.protected)
         reference = n if training.schedule == "fixed" else round(n / training.progressive_stage_epochs)
         stages.append(Stage(rate=rate, steps=n, constraints=budget.constraints(),
                             reference_steps=max(1, reference)))
@@ -250,7 +258,7 @@ def to_probabilities(config: RunConfig, prep: Prepared, scores: torch.Tensor, ra
     from pgprune_core.initializers.transforms import score_const, sigmoid_norm
 
     free = ~prep.protected
-    budget = Budget(config.pruning.budget, prep.layout, rate, prep.protected)
+    budget = make_budget(config, prep.layout, rate, prep.protected)
     if config.init.transform == "score-const":
         return score_const(scores, budget.final_mask, config.init.const)
     return sigmoid_norm(scores, prep.layout, 1.0 - rate, free)
@@ -471,13 +479,15 @@ def finalize_model(config: RunConfig, prep: Prepared, keep: torch.Tensor, probs:
         )
     if config.output.save_model:
         reporter.phase(f"saving the pruned model to {run.model}")
-        run.save_model(
-            model, prep.loaded.tokenizer, adapter_name=prep.adapter_name,
+        exported = run.save_model(
+            model, prep.loaded.tokenizer, config.output.format, adapter_name=prep.adapter_name,
             base_model=prep.loaded.source.name_or_path,
             extra={"prune_rate": config.pruning.prune_rate, "budget": config.pruning.budget,
                    "granularity": list(config.pruning.granularity),
                    "estimator": config.estimator.name, "init": config.init.name},
         )
+        for note in exported.notes:
+            reporter.message(f"note: {note}")
     kinds = prep.layout.kinds
     return {
         "rate": config.pruning.prune_rate,

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -24,7 +25,7 @@ import torch
 from pgprune_core.config.resolve import dump_config, load_config_file, validate_config
 from pgprune_core.config.sections import RunConfig
 from pgprune_core.errors import RunDirError, first_line
-from pgprune_core.model.surgery import save_pruned
+from pgprune_core.model.export import ExportResult, export_pruned
 from pgprune_core.optim.checkpoint import Checkpoint, checkpoint_from_payload, checkpoint_payload
 from pgprune_core.report.markdown import render_report
 from pgprune_core.report.plots import plot_loss, plot_sparsity
@@ -36,6 +37,9 @@ FORMAT = "pgprune-run/1"
 #: settings of how a run executes, not of what it learns: they may differ on resume (say, on
 #: another machine), and the digests of runs made before they existed stay valid
 EXECUTION_KEYS = ("output", "training.threads")
+#: keys added after runs existed, with the value that means what those runs did: left out of
+#: the digest at that value, so the digests of older runs stay valid
+LATER_KEYS = {"pruning.shape": "free", "pruning.channel_multiple": 1}
 
 
 def config_digest(config: RunConfig) -> str:
@@ -47,6 +51,10 @@ def config_digest(config: RunConfig) -> str:
         for part in parents:
             section = section.get(part, {})
         section.pop(last, None)
+    for key, default in LATER_KEYS.items():
+        section_name, _, name = key.partition(".")
+        if data.get(section_name, {}).get(name) == default:
+            data[section_name].pop(name)
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -271,10 +279,12 @@ class RunDir:
     def read_metrics(self) -> dict[str, Any]:
         return self.read_json(self.metrics)
 
-    def save_model(self, model: Any, tokenizer: Any, **metadata: Any) -> Path:
-        """The pruned model under ``model/`` (see :func:`pgprune_core.model.surgery.save_pruned`)."""
-        save_pruned(model, tokenizer, self.model, **metadata)
-        return self.model
+    def save_model(self, model: Any, tokenizer: Any, fmt: str = "pgprune", **metadata: Any) -> ExportResult:
+        """The pruned model under ``model/``, in ``fmt`` (see
+        :func:`pgprune_core.model.export.export_pruned`); a previous attempt's is replaced."""
+        if fmt != "pgprune" and self.model.exists():
+            shutil.rmtree(self.model)
+        return export_pruned(model, tokenizer, self.model, fmt, **metadata)
 
     def write_plots(self, *, kinds: Sequence[str], layers: Sequence[int], keep: Sequence[int],
                     n_layers: int, title: str) -> None:

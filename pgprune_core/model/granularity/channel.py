@@ -51,15 +51,20 @@ class ChannelGranularity(Granularity):
     def remove(self, structure: ModelStructure, units: UnitSet, keep: torch.Tensor) -> None:
         for layer, (index, kept) in by_layer(units, keep.bool()).items():
             dropped = index[~kept.cpu()]
-            if dropped.numel() == 0:
-                continue
-            site = structure.layers[layer].mlp
-            channels = kept_indices(site.intermediate_size, dropped)
-            keep_rows(site.gate_proj, channels)
-            keep_rows(site.up_proj, channels)
-            keep_columns(site.down_proj, channels)
-            site.intermediate_size = int(channels.numel())
-            set_intermediate_size(site.module, site.intermediate_size)
+            if dropped.numel():
+                remove_channels(structure, layer, dropped)
+
+
+def remove_channels(structure: ModelStructure, layer: int, dropped: torch.Tensor) -> None:
+    """Cut the channels ``dropped`` (indices into the layer's current width) out of layer
+    ``layer``'s MLP."""
+    site = structure.layers[layer].mlp
+    channels = kept_indices(site.intermediate_size, dropped)
+    keep_rows(site.gate_proj, channels)
+    keep_rows(site.up_proj, channels)
+    keep_columns(site.down_proj, channels)
+    site.intermediate_size = int(channels.numel())
+    set_intermediate_size(site.module, site.intermediate_size)
 
 
 @hookimpl

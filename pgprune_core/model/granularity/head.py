@@ -62,30 +62,35 @@ class HeadGranularity(Granularity):
     def remove(self, structure: ModelStructure, units: UnitSet, keep: torch.Tensor) -> None:
         for layer, (index, kept) in by_layer(units, keep.bool()).items():
             dropped = index[~kept.cpu()]
-            if dropped.numel() == 0:
-                continue
-            layer_site = structure.layers[layer]
-            site = layer_site.attention
-            groups = kept_indices(site.n_kv_heads, dropped)
-            group_size = site.group_size
-            queries = (groups[:, None] * group_size + torch.arange(group_size)).reshape(-1)
-            q_features = head_features(queries, site.head_dim)
-            kv_features = head_features(groups, site.head_dim)
-            keep_rows(site.q_proj, q_features)
-            keep_rows(site.k_proj, kv_features)
-            keep_rows(site.v_proj, kv_features)
-            keep_columns(site.o_proj, q_features)
-            site.n_heads = int(queries.numel())
-            site.n_kv_heads = int(groups.numel())
-            if site.n_heads == 0:
-                names = structure.names
-                site.module = EmptyAttention(
-                    site.q_proj, site.k_proj, site.v_proj, site.o_proj, names.as_dict(),
-                    site.head_dim, int(getattr(site.module, "layer_idx", layer)),
-                )
-                setattr(layer_site.module, names.attention, site.module)
-            else:
-                set_head_counts(site.module, site.n_heads, site.n_kv_heads)
+            if dropped.numel():
+                remove_groups(structure, layer, dropped)
+
+
+def remove_groups(structure: ModelStructure, layer: int, dropped: torch.Tensor) -> None:
+    """Cut the KV groups ``dropped`` (indices into the layer's current groups) out of
+    layer ``layer``; a layer left without heads gets an :class:`EmptyAttention`."""
+    layer_site = structure.layers[layer]
+    site = layer_site.attention
+    groups = kept_indices(site.n_kv_heads, dropped)
+    group_size = site.group_size
+    queries = (groups[:, None] * group_size + torch.arange(group_size)).reshape(-1)
+    q_features = head_features(queries, site.head_dim)
+    kv_features = head_features(groups, site.head_dim)
+    keep_rows(site.q_proj, q_features)
+    keep_rows(site.k_proj, kv_features)
+    keep_rows(site.v_proj, kv_features)
+    keep_columns(site.o_proj, q_features)
+    site.n_heads = int(queries.numel())
+    site.n_kv_heads = int(groups.numel())
+    if site.n_heads == 0:
+        names = structure.names
+        site.module = EmptyAttention(
+            site.q_proj, site.k_proj, site.v_proj, site.o_proj, names.as_dict(),
+            site.head_dim, int(getattr(site.module, "layer_idx", layer)),
+        )
+        setattr(layer_site.module, names.attention, site.module)
+    else:
+        set_head_counts(site.module, site.n_heads, site.n_kv_heads)
 
 
 @hookimpl
