@@ -45,6 +45,7 @@ PROVIDED_BY: dict[tuple[str, str], str] = {
     ("adapter", "llama"): "pgprune-llama",
     ("adapter", "vicuna"): "pgprune-llama",
     ("adapter", "mistral"): "pgprune-mistral",
+    ("adapter", "qwen2"): "pgprune-qwen2",
     ("estimator", "reinforce"): "pgprune-reinforce",
     ("estimator", "gumbel"): "pgprune-gumbel",
     ("estimator", "ppo"): "pgprune-ppo",
@@ -52,7 +53,11 @@ PROVIDED_BY: dict[tuple[str, str], str] = {
 }
 
 #: transformers ``model_type`` -> the adapter this project publishes for it
-ADAPTER_FOR_MODEL_TYPE: dict[str, str] = {"llama": "llama", "mistral": "mistral"}
+ADAPTER_FOR_MODEL_TYPE: dict[str, str] = {
+    "llama": "llama",
+    "mistral": "mistral",
+    "qwen2": "qwen2",
+}
 
 KINDS: dict[str, tuple[str, type[Plugin]]] = {
     "estimator": ("pgprune_register_estimators", Estimator),
