@@ -46,6 +46,7 @@ PROVIDED_BY: dict[tuple[str, str], str] = {
     ("adapter", "vicuna"): "pgprune-llama",
     ("adapter", "mistral"): "pgprune-mistral",
     ("adapter", "qwen2"): "pgprune-qwen2",
+    ("adapter", "qwen3"): "pgprune-qwen3",
     ("estimator", "reinforce"): "pgprune-reinforce",
     ("estimator", "gumbel"): "pgprune-gumbel",
     ("estimator", "ppo"): "pgprune-ppo",
@@ -57,6 +58,7 @@ ADAPTER_FOR_MODEL_TYPE: dict[str, str] = {
     "llama": "llama",
     "mistral": "mistral",
     "qwen2": "qwen2",
+    "qwen3": "qwen3",
 }
 
 KINDS: dict[str, tuple[str, type[Plugin]]] = {

@@ -1,0 +1,43 @@
+"""The qwen3 adapter through the shared adapter checks (pgprune_core.testing.adapter_suite);
+they also check that q_norm / k_norm come out of head surgery unchanged."""
+
+from __future__ import annotations
+
+import torch
+from transformers import Qwen3Config
+
+from pgprune_core.testing.adapter_suite import AdapterSuite
+
+
+def _config(**extra):
+    # head_dim 16 with hidden 32 and 4 heads: query width 64, twice the hidden size
+    base = dict(vocab_size=320, hidden_size=32, intermediate_size=48, num_hidden_layers=4,
+                num_attention_heads=4, num_key_value_heads=2, head_dim=16,
+                max_position_embeddings=128, bos_token_id=1, eos_token_id=2, pad_token_id=0)
+    return Qwen3Config(**{**base, **extra})
+
+
+class TestQwen3(AdapterSuite):
+    adapter = "qwen3"
+    distribution = "pgprune-qwen3"
+    variants = {
+        "gqa-sliding-untied": lambda: _config(use_sliding_window=True, sliding_window=8,
+                                              max_window_layers=2),
+        "mha-bias-tied": lambda: _config(num_key_value_heads=4, attention_bias=True,
+                                         tie_word_embeddings=True),
+    }
+
+
+def test_q_and_k_norms_survive_head_surgery(registry):
+    from pgprune_core.model.surgery import prune_model
+    from pgprune_core.testing.adapter_suite import Pruned
+
+    setup = Pruned(TestQwen3(), "gqa-sliding-untied", ("head",), registry)
+    norms = [{name: getattr(site.attention.module, name).weight.clone()
+              for name in ("q_norm", "k_norm")} for site in setup.structure.layers]
+    prune_model(setup.structure, setup.layout, setup.granularities, setup.keep())
+    assert setup.structure.layers[1].attention.n_heads == 0  # this layer lost every head
+    for site, before in zip(setup.structure.layers, norms, strict=True):
+        for name, weight in before.items():
+            assert weight.shape == (16,)
+            assert torch.equal(getattr(site.attention.module, name).weight, weight)
