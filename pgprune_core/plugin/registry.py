@@ -47,6 +47,7 @@ PROVIDED_BY: dict[tuple[str, str], str] = {
     ("adapter", "mistral"): "pgprune-mistral",
     ("adapter", "qwen2"): "pgprune-qwen2",
     ("adapter", "qwen3"): "pgprune-qwen3",
+    ("adapter", "phi3"): "pgprune-phi3",
     ("estimator", "reinforce"): "pgprune-reinforce",
     ("estimator", "gumbel"): "pgprune-gumbel",
     ("estimator", "ppo"): "pgprune-ppo",
@@ -59,6 +60,7 @@ ADAPTER_FOR_MODEL_TYPE: dict[str, str] = {
     "mistral": "mistral",
     "qwen2": "qwen2",
     "qwen3": "qwen3",
+    "phi3": "phi3",
 }
 
 KINDS: dict[str, tuple[str, type[Plugin]]] = {

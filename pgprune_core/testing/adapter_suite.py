@@ -19,6 +19,7 @@ norm shows):
 - the adapter is registered by the distribution and resolved from a saved ``config.json``;
   the core's tables name it for the model type (for the missing-plugin error);
 - all-ones masks (hard, and soft ones that install every hook) give the dense logits;
+- the parameter entries the initializers attribute to a unit are those cutting it removes;
 - surgery's logits equal the masked model's for a random keep-vector (a layer without
   heads, a layer without channels, layer 0 dropped), every parameter outside the cut
   projections is unchanged, per-layer attention types follow the kept layers, and the
@@ -31,6 +32,7 @@ norm shows):
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable, Sequence
 from typing import Any, ClassVar
 
@@ -158,6 +160,30 @@ class AdapterSuite:
         assert torch.equal(setup.masked_logits(ones), dense)  # nothing installed: bit-exact
         soft = ones.clone().requires_grad_(True)  # soft masks install every hook and layer
         torch.testing.assert_close(setup.masked_logits(soft), dense, rtol=0, atol=1e-5)
+
+    def test_unit_parameter_maps_are_what_surgery_cuts(self, variant: str, registry: Any) -> None:
+        """Per unit, the entries the initializers reduce (here: the sum of squares) are the
+        entries that cutting the unit alone removes (fused projections too)."""
+        from pgprune_core.initializers.unit_params import gather_units, layer_unit_sums
+        from pgprune_core.model.structure import UnitLayout
+
+        def squares(model: Any) -> float:
+            return float(sum(p.detach().double().square().sum() for p in model.parameters()))
+
+        setup = Pruned(self, variant, ("channel", "head"), registry)
+        for kind, granularity in setup.granularities.items():
+            unit_set = setup.layout[kind]
+            scores = gather_units(setup.structure, unit_set, lambda site, kind=kind:
+                                  layer_unit_sums(site, kind, torch.square))
+            for position in (1, len(unit_set) - 2):
+                model = copy.deepcopy(setup.model)
+                structure = setup.adapter.describe_model(model)
+                keep = torch.ones(len(unit_set), dtype=torch.bool)
+                keep[position] = False
+                granularity.remove(structure, UnitLayout([granularity.units(structure)])[kind],
+                                   keep)
+                removed = squares(setup.model) - squares(model)
+                assert abs(removed - float(scores[position])) <= 1e-6 * max(1.0, removed), kind
 
     # -- surgery ------------------------------------------------------------------------
     def test_surgery_equals_masking_and_accounting(self, variant: str, kinds: Sequence[str],
