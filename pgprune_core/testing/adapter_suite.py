@@ -33,6 +33,7 @@ norm shows):
 from __future__ import annotations
 
 import copy
+import functools
 from collections.abc import Callable, Sequence
 from typing import Any, ClassVar
 
@@ -173,8 +174,8 @@ class AdapterSuite:
         setup = Pruned(self, variant, ("channel", "head"), registry)
         for kind, granularity in setup.granularities.items():
             unit_set = setup.layout[kind]
-            scores = gather_units(setup.structure, unit_set, lambda site, kind=kind:
-                                  layer_unit_sums(site, kind, torch.square))
+            scores = gather_units(setup.structure, unit_set,
+                                  functools.partial(layer_unit_sums, kind=kind, values=torch.square))
             for position in (1, len(unit_set) - 2):
                 model = copy.deepcopy(setup.model)
                 structure = setup.adapter.describe_model(model)
