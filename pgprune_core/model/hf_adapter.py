@@ -60,6 +60,15 @@ def load_model_config(name_or_path: str, *, revision: str | None = None,
         raise ModelError(f"cannot read the model config from {where}: {first_line(exc)}") from exc
 
 
+def _adapter_label(name: str, cls: type[ModelAdapter]) -> str:
+    """``gemma3 (model type gemma3_text)``: an adapter and, when they differ from its name,
+    the model types it handles."""
+    types = tuple(cls.model_types)
+    if types == (name,) or not types:
+        return name
+    return f"{name} (model type {'/'.join(types)})"
+
+
 def adapter_for_config(model_config: Any, registry: Registry | None = None) -> str:
     """The name of the adapter that handles ``model_config`` (a transformers config)."""
     registry = registry or get_registry()
@@ -69,8 +78,10 @@ def adapter_for_config(model_config: Any, registry: Registry | None = None) -> s
         known = ADAPTER_FOR_MODEL_TYPE.get(str(model_type))
         if known is not None and known not in registry.names("adapter"):
             raise MissingPluginError("adapter", known, PROVIDED_BY[("adapter", known)])
-        supported = ", ".join(registry.names("adapter")) or "(no adapter plugin installed)"
-        raise ModelError(f"model type {model_type!r} is not supported; supported: {supported}")
+        supported = ", ".join(_adapter_label(name, cls) for name, cls in
+                              sorted(registry.classes("adapter").items()))
+        raise ModelError(f"model type {model_type!r} is not supported; supported: "
+                         f"{supported or '(no adapter plugin installed)'}")
     return name
 
 

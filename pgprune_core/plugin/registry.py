@@ -48,6 +48,8 @@ PROVIDED_BY: dict[tuple[str, str], str] = {
     ("adapter", "qwen2"): "pgprune-qwen2",
     ("adapter", "qwen3"): "pgprune-qwen3",
     ("adapter", "phi3"): "pgprune-phi3",
+    ("adapter", "gemma2"): "pgprune-gemma",
+    ("adapter", "gemma3"): "pgprune-gemma",
     ("estimator", "reinforce"): "pgprune-reinforce",
     ("estimator", "gumbel"): "pgprune-gumbel",
     ("estimator", "ppo"): "pgprune-ppo",
@@ -61,6 +63,8 @@ ADAPTER_FOR_MODEL_TYPE: dict[str, str] = {
     "qwen2": "qwen2",
     "qwen3": "qwen3",
     "phi3": "phi3",
+    "gemma2": "gemma2",
+    "gemma3_text": "gemma3",
 }
 
 KINDS: dict[str, tuple[str, type[Plugin]]] = {

@@ -17,7 +17,7 @@ The checks (fp32, random weights, biases and norms perturbed so that a wrongly c
 norm shows):
 
 - the adapter is registered by the distribution and resolved from a saved ``config.json``;
-  the core's tables name it for the model type (for the missing-plugin error);
+  without the distribution, the error names it;
 - all-ones masks (hard, and soft ones that install every hook) give the dense logits;
 - the parameter entries the initializers attribute to a unit are those cutting it removes;
 - surgery's logits equal the masked model's for a random keep-vector (a layer without
@@ -151,6 +151,19 @@ class AdapterSuite:
         assert resolve_adapter(str(tmp_path), registry=registry) == self.adapter
         assert ADAPTER_FOR_MODEL_TYPE[config.model_type] == self.adapter
         assert PROVIDED_BY[("adapter", self.adapter)] == self.distribution
+
+    def test_missing_distribution_is_named(self, variant: str, registry: Any,
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+        """Without this distribution, a model of its type fails in one line that says which
+        distribution to install."""
+        from pgprune_core.errors import MissingPluginError
+        from pgprune_core.model.hf_adapter import adapter_for_config
+        from pgprune_core.plugin.registry import PluginSet, Registry
+
+        monkeypatch.setenv("PGPRUNE_DISABLE_PLUGINS", registry.get("adapter", self.adapter).origin.plugin)
+        with pytest.raises(MissingPluginError, match=f"distribution {self.distribution}") as info:
+            adapter_for_config(self.variants[variant](), Registry(PluginSet()))
+        assert "\n" not in str(info.value)
 
     # -- masking ------------------------------------------------------------------------
     def test_all_ones_masks_give_the_dense_logits(self, variant: str, kinds: Sequence[str],
