@@ -6,12 +6,13 @@ architecture's features switched on), and pytest runs every check for every conf
 and every combination of granularities::
 
     from transformers import Qwen2Config
-    from pgprune_core.testing.adapter_suite import AdapterSuite
+    from pgprune_core.testing.adapter_suite import AdapterSuite, tiny_decoder
 
     class TestQwen2(AdapterSuite):
         adapter = "qwen2"
         distribution = "pgprune-qwen2"
-        variants = {"gqa-bias": lambda: Qwen2Config(hidden_size=32, ...)}
+        variants = {"gqa-sliding": lambda: tiny_decoder(Qwen2Config, use_sliding_window=True,
+                                                        sliding_window=8, max_window_layers=2)}
 
 The checks (fp32, random weights, biases and norms perturbed so that a wrongly cut bias or
 norm shows):
@@ -42,6 +43,19 @@ import torch
 from torch import nn
 
 from pgprune_core.testing import random_model
+
+#: the size of the suite's tiny models: 4 layers, hidden 32, 4 heads over 2 KV heads
+TINY_DECODER: dict[str, Any] = dict(
+    vocab_size=320, hidden_size=32, intermediate_size=48, num_hidden_layers=4,
+    num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
+    bos_token_id=1, eos_token_id=2, pad_token_id=0)
+
+
+def tiny_decoder(config_class: Any, **overrides: Any) -> Any:
+    """``config_class`` (a transformers config class) at :data:`TINY_DECODER`'s size, with
+    ``overrides`` (the family's features) applied on top."""
+    return config_class(**{**TINY_DECODER, **overrides})
+
 
 #: the granularity combinations every check runs over
 KIND_COMBINATIONS: tuple[tuple[str, ...], ...] = (

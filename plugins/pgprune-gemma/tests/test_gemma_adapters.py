@@ -9,12 +9,10 @@ from transformers import Gemma2Config, Gemma3Config, Gemma3TextConfig
 
 from pgprune_core.errors import ModelError
 from pgprune_core.model.hf_adapter import resolve_adapter
-from pgprune_core.testing.adapter_suite import AdapterSuite
+from pgprune_core.testing.adapter_suite import AdapterSuite, tiny_decoder
 
-COMMON = dict(vocab_size=320, hidden_size=32, intermediate_size=48, num_hidden_layers=4,
-              num_attention_heads=4, num_key_value_heads=2, head_dim=16,
-              query_pre_attn_scalar=16, sliding_window=8, max_position_embeddings=128,
-              bos_token_id=1, eos_token_id=2, pad_token_id=0)
+#: head_dim 16 (independent of hidden 32 / 4 heads), an 8-token window
+GEMMA = dict(head_dim=16, query_pre_attn_scalar=16, sliding_window=8)
 #: full attention in layers 1 and 2: dropping layer 0 must give [full, full, sliding]
 PATTERN = ["sliding_attention", "full_attention", "full_attention", "sliding_attention"]
 
@@ -23,9 +21,9 @@ class TestGemma2(AdapterSuite):
     adapter = "gemma2"
     distribution = "pgprune-gemma"
     variants = {
-        "gqa-softcap-tied": lambda: Gemma2Config(**COMMON, attn_logit_softcapping=20.0,
+        "gqa-softcap-tied": lambda: tiny_decoder(Gemma2Config, **GEMMA, attn_logit_softcapping=20.0,
                                                  final_logit_softcapping=10.0),
-        "pattern-untied": lambda: Gemma2Config(**{**COMMON, "num_key_value_heads": 4},
+        "pattern-untied": lambda: tiny_decoder(Gemma2Config, **GEMMA, num_key_value_heads=4,
                                                layer_types=PATTERN, tie_word_embeddings=False),
     }
 
@@ -34,9 +32,9 @@ class TestGemma3(AdapterSuite):
     adapter = "gemma3"
     distribution = "pgprune-gemma"
     variants = {
-        "gqa-pattern-tied": lambda: Gemma3TextConfig(**COMMON, layer_types=PATTERN),
-        "softcap-untied": lambda: Gemma3TextConfig(
-            **COMMON, sliding_window_pattern=2, attn_logit_softcapping=20.0,
+        "gqa-pattern-tied": lambda: tiny_decoder(Gemma3TextConfig, **GEMMA, layer_types=PATTERN),
+        "softcap-untied": lambda: tiny_decoder(
+            Gemma3TextConfig, **GEMMA, sliding_window_pattern=2, attn_logit_softcapping=20.0,
             final_logit_softcapping=10.0, tie_word_embeddings=False),
     }
 

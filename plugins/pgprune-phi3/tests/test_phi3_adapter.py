@@ -7,24 +7,16 @@ import torch
 from transformers import Phi3Config
 
 from pgprune_core.model.surgery import prune_model
-from pgprune_core.testing.adapter_suite import AdapterSuite, Pruned
-
-
-def _config(**extra):
-    base = dict(vocab_size=320, hidden_size=32, intermediate_size=48, num_hidden_layers=4,
-                num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
-                original_max_position_embeddings=128, bos_token_id=1, eos_token_id=2,
-                pad_token_id=0)
-    return Phi3Config(**{**base, **extra})
+from pgprune_core.testing.adapter_suite import AdapterSuite, Pruned, tiny_decoder
 
 
 class TestPhi3(AdapterSuite):
     adapter = "phi3"
     distribution = "pgprune-phi3"
     variants = {
-        "gqa-sliding-untied": lambda: _config(sliding_window=8),
-        "mha-partial-rope-tied": lambda: _config(
-            num_key_value_heads=4, tie_word_embeddings=True,
+        "gqa-sliding-untied": lambda: tiny_decoder(Phi3Config, sliding_window=8),
+        "mha-partial-rope-tied": lambda: tiny_decoder(
+            Phi3Config, num_key_value_heads=4, tie_word_embeddings=True,
             rope_parameters={"rope_type": "default", "rope_theta": 10000.0,
                              "partial_rotary_factor": 0.5}),
     }

@@ -4,14 +4,7 @@ from __future__ import annotations
 
 from transformers import Qwen2Config
 
-from pgprune_core.testing.adapter_suite import AdapterSuite
-
-
-def _config(**extra):
-    base = dict(vocab_size=320, hidden_size=32, intermediate_size=48, num_hidden_layers=4,
-                num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
-                bos_token_id=1, eos_token_id=2, pad_token_id=0)
-    return Qwen2Config(**{**base, **extra})
+from pgprune_core.testing.adapter_suite import AdapterSuite, tiny_decoder
 
 
 class TestQwen2(AdapterSuite):
@@ -19,7 +12,8 @@ class TestQwen2(AdapterSuite):
     distribution = "pgprune-qwen2"
     variants = {
         # layers 2 and 3 slide over 8 tokens: dropping layer 0 must not shift that
-        "gqa-sliding-untied": lambda: _config(use_sliding_window=True, sliding_window=8,
-                                              max_window_layers=2),
-        "mha-tied": lambda: _config(num_key_value_heads=4, tie_word_embeddings=True),
+        "gqa-sliding-untied": lambda: tiny_decoder(Qwen2Config, use_sliding_window=True,
+                                                   sliding_window=8, max_window_layers=2),
+        "mha-tied": lambda: tiny_decoder(Qwen2Config, num_key_value_heads=4,
+                                         tie_word_embeddings=True),
     }

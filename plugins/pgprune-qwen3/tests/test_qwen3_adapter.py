@@ -6,25 +6,22 @@ from __future__ import annotations
 import torch
 from transformers import Qwen3Config
 
-from pgprune_core.testing.adapter_suite import AdapterSuite
+from pgprune_core.testing.adapter_suite import AdapterSuite, tiny_decoder
 
-
-def _config(**extra):
-    # head_dim 16 with hidden 32 and 4 heads: query width 64, twice the hidden size
-    base = dict(vocab_size=320, hidden_size=32, intermediate_size=48, num_hidden_layers=4,
-                num_attention_heads=4, num_key_value_heads=2, head_dim=16,
-                max_position_embeddings=128, bos_token_id=1, eos_token_id=2, pad_token_id=0)
-    return Qwen3Config(**{**base, **extra})
+#: head_dim 16 with hidden 32 and 4 heads: query width 64, twice the hidden size
+HEAD_DIM = 16
 
 
 class TestQwen3(AdapterSuite):
     adapter = "qwen3"
     distribution = "pgprune-qwen3"
     variants = {
-        "gqa-sliding-untied": lambda: _config(use_sliding_window=True, sliding_window=8,
-                                              max_window_layers=2),
-        "mha-bias-tied": lambda: _config(num_key_value_heads=4, attention_bias=True,
-                                         tie_word_embeddings=True),
+        "gqa-sliding-untied": lambda: tiny_decoder(
+            Qwen3Config, head_dim=HEAD_DIM, use_sliding_window=True, sliding_window=8,
+            max_window_layers=2),
+        "mha-bias-tied": lambda: tiny_decoder(
+            Qwen3Config, head_dim=HEAD_DIM, num_key_value_heads=4, attention_bias=True,
+            tie_word_embeddings=True),
     }
 
 
@@ -39,5 +36,5 @@ def test_q_and_k_norms_survive_head_surgery(registry):
     assert setup.structure.layers[1].attention.n_heads == 0  # this layer lost every head
     for site, before in zip(setup.structure.layers, norms, strict=True):
         for name, weight in before.items():
-            assert weight.shape == (16,)
+            assert weight.shape == (HEAD_DIM,)
             assert torch.equal(getattr(site.attention.module, name).weight, weight)
