@@ -58,7 +58,7 @@ def record_empty_step(cache: Any, layer_idx: int, hidden_states: torch.Tensor, h
 class LayerConfig:
     """The model's config as one attention block sees it: its own head counts, everything
     else read from (and written to) the shared config.  For blocks whose forward reads the
-    head counts from the config (Phi-3 splits its fused ``qkv_proj`` at
+    head counts from the config (e.g. to split a fused query/key/value projection at
     ``config.num_attention_heads * head_dim``)."""
 
     def __init__(self, base: Any, **overrides: int) -> None:
