@@ -30,6 +30,7 @@ from pgprune_core.model.structure import (
     MlpSite,
     ModelStructure,
     ModuleNames,
+    text_config,
 )
 from pgprune_core.plugin.registry import (
     ADAPTER_FOR_MODEL_TYPE,
@@ -170,8 +171,8 @@ class HFDecoderAdapter(ModelAdapter):
     def describe_model(self, model: nn.Module) -> ModelStructure:
         """Sites of every decoder layer; head counts and widths are read from the module
         shapes (not the config), so an already pruned model is described as it is."""
-        config: Any = model.config
-        self.check_config(config)
+        self.check_config(model.config)
+        config = text_config(model.config)
         names = self.names
         try:
             layer_list = cast(nn.ModuleList, model.get_submodule(names.layers))

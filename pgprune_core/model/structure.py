@@ -11,9 +11,18 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import nn
+
+
+def text_config(config: Any) -> Any:
+    """The config of the decoder a model's layers belong to: ``config`` itself for a causal
+    LM, its text part (``text_config``) for a model whose decoder sits beside other towers
+    (e.g. an image-text model pruned in its language model)."""
+    get = getattr(config, "get_text_config", None)
+    return get() if callable(get) else config
 
 
 @dataclass(frozen=True)

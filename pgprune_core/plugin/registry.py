@@ -50,6 +50,7 @@ PROVIDED_BY: dict[tuple[str, str], str] = {
     ("adapter", "phi3"): "pgprune-phi3",
     ("adapter", "gemma2"): "pgprune-gemma",
     ("adapter", "gemma3"): "pgprune-gemma",
+    ("adapter", "gemma3-multimodal"): "pgprune-gemma",
     ("estimator", "reinforce"): "pgprune-reinforce",
     ("estimator", "gumbel"): "pgprune-gumbel",
     ("estimator", "ppo"): "pgprune-ppo",
@@ -65,6 +66,7 @@ ADAPTER_FOR_MODEL_TYPE: dict[str, str] = {
     "phi3": "phi3",
     "gemma2": "gemma2",
     "gemma3_text": "gemma3",
+    "gemma3": "gemma3-multimodal",
 }
 
 KINDS: dict[str, tuple[str, type[Plugin]]] = {

@@ -42,6 +42,7 @@ import pytest
 import torch
 from torch import nn
 
+from pgprune_core.model.structure import text_config
 from pgprune_core.testing import random_model
 
 #: the size of the suite's tiny models: 4 layers, hidden 32, 4 heads over 2 KV heads
@@ -94,7 +95,8 @@ class Pruned:
         self.granularities = {kind: registry.cls("granularity", kind)() for kind in kinds}
         self.layout = UnitLayout([g.units(self.structure) for g in self.granularities.values()])
         generator = torch.Generator().manual_seed(1)
-        self.ids = torch.randint(3, self.model.config.vocab_size, (2, 12), generator=generator)
+        self.text_config = text_config(self.model.config)
+        self.ids = torch.randint(3, self.text_config.vocab_size, (2, 12), generator=generator)
 
     def keep(self) -> torch.Tensor:
         """Random units dropped (30 %); layer 1 loses every head, layer 2 every channel,
@@ -224,7 +226,7 @@ class AdapterSuite:
         masked = setup.masked_logits(keep.float()[None])
         assert (masked - _logits(setup.model, setup.ids)).abs().max() > 1e-3  # the mask bites
         free, layer_kinds = setup.unit_free_parameters(), setup.layer_kinds()
-        types = list(getattr(setup.model.config, "layer_types", None) or [])
+        types = list(getattr(setup.text_config, "layer_types", None) or [])
         before = sum(p.numel() for p in setup.model.parameters())
         summary = prune_model(setup.structure, setup.layout, setup.granularities, keep)
         after = sum(p.numel() for p in setup.model.parameters())
@@ -234,7 +236,7 @@ class AdapterSuite:
         assert kept == list(range(1 if "layer" in kinds else 0, len(free)))
         assert setup.layer_kinds() == [layer_kinds[i] for i in kept]
         if types:
-            assert setup.model.config.layer_types == [types[i] for i in kept]
+            assert setup.text_config.layer_types == [types[i] for i in kept]
         for now, original in zip(setup.unit_free_parameters(), (free[i] for i in kept), strict=True):
             assert now.keys() == original.keys()
             for name, value in now.items():
@@ -262,8 +264,8 @@ class AdapterSuite:
                          AutoModelForCausalLM.from_pretrained(path, trust_remote_code=True).eval()):
             torch.testing.assert_close(_logits(reloaded, setup.ids), expected, rtol=0, atol=1e-5)
             assert sum(p.numel() for p in reloaded.parameters()) == n_params
-            assert getattr(reloaded.config, "layer_types", None) == getattr(
-                model.config, "layer_types", None)
+            assert getattr(text_config(reloaded.config), "layer_types", None) == getattr(
+                setup.text_config, "layer_types", None)
             structure = setup.adapter.describe_model(reloaded)
             assert [_layer_kinds(s.module, s.attention.module) for s in structure.layers] == \
                 setup.layer_kinds()

@@ -18,7 +18,7 @@ from torch import nn
 from pgprune_core.interfaces import Granularity, Handle
 from pgprune_core.model.granularity.rowmask import by_layer, computing_rows, is_all_ones
 from pgprune_core.model.pruned_modeling import cache_argument, record_empty_step
-from pgprune_core.model.structure import ModelStructure, UnitSet
+from pgprune_core.model.structure import ModelStructure, UnitSet, text_config
 from pgprune_core.plugin.hookspecs import hookimpl
 
 #: config attributes that hold one entry per decoder layer (cut with the layers)
@@ -146,7 +146,7 @@ class LayerGranularity(Granularity):
                    if not bool(kept[0])}
         if not dropped:
             return
-        config: Any = structure.model.config
+        config = text_config(structure.model.config)
         for position in sorted(dropped, reverse=True):
             del structure.layer_list[position]
         for name in PER_LAYER_CONFIG_LISTS:

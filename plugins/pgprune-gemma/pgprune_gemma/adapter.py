@@ -19,9 +19,11 @@ differs is handled as follows.
   stay as they are when heads are cut.
 - Tied embeddings (the default) stay tied.
 
-The multimodal ``gemma3`` model type (Gemma3ForConditionalGeneration, whose text model is
-nested under a vision tower) is not handled; its text-only checkpoints
-(``model_type: gemma3_text``) are.
+``gemma3-multimodal`` prunes the language model of the image-text Gemma 3 checkpoints
+(``model_type: gemma3``, Gemma3ForConditionalGeneration): its decoder layers are
+``model.language_model.layers`` and its layer facts are in ``config.text_config``; the
+vision tower and the projector are left as they are.  Calibration and evaluation are
+text-only.
 """
 
 from __future__ import annotations
@@ -49,3 +51,12 @@ class Gemma3Adapter(HFDecoderAdapter):
     model_types = ("gemma3_text",)
     model_class = "transformers.Gemma3ForCausalLM"
     names = GEMMA_NAMES
+
+
+class Gemma3MultimodalAdapter(HFDecoderAdapter):
+    """Gemma 3 image-text models (Gemma3ForConditionalGeneration): the language model's units."""
+
+    name = "gemma3-multimodal"
+    model_types = ("gemma3",)
+    model_class = "transformers.Gemma3ForConditionalGeneration"
+    names = ModuleNames(layers="model.language_model.layers")

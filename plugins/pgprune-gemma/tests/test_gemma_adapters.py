@@ -4,11 +4,8 @@ pruned model is the original one with the dropped layers left out."""
 
 from __future__ import annotations
 
-import pytest
 from transformers import Gemma2Config, Gemma3Config, Gemma3TextConfig
 
-from pgprune_core.errors import ModelError
-from pgprune_core.model.hf_adapter import resolve_adapter
 from pgprune_core.testing.adapter_suite import AdapterSuite, tiny_decoder
 
 #: head_dim 16 (independent of hidden 32 / 4 heads), an 8-token window
@@ -39,10 +36,36 @@ class TestGemma3(AdapterSuite):
     }
 
 
-def test_the_multimodal_gemma3_type_is_refused_in_one_line(tmp_path, registry):
-    Gemma3Config().save_pretrained(tmp_path)
-    with pytest.raises(ModelError) as info:
-        resolve_adapter(str(tmp_path), registry=registry)
-    message = str(info.value)
-    assert "model type 'gemma3' is not supported; supported: " in message
-    assert "gemma3 (model type gemma3_text)" in message and "\n" not in message
+
+def _multimodal(**text):
+    vision = dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                  num_attention_heads=2, image_size=16, patch_size=8)
+    return Gemma3Config(text_config=tiny_decoder(Gemma3TextConfig, **GEMMA, **text).to_dict(),
+                        vision_config=vision, mm_tokens_per_image=4, image_token_index=300,
+                        boi_token_index=301, eoi_token_index=302)
+
+
+class TestGemma3Multimodal(AdapterSuite):
+    """The language model of an image-text Gemma 3; the vision tower is left alone."""
+
+    adapter = "gemma3-multimodal"
+    distribution = "pgprune-gemma"
+    variants = {"gqa-pattern-tied": lambda: _multimodal(layer_types=PATTERN)}
+
+
+def test_the_vision_tower_is_left_as_it_is(registry):
+    import torch
+
+    from pgprune_core.model.surgery import prune_model
+    from pgprune_core.testing.adapter_suite import KIND_COMBINATIONS, Pruned
+
+    setup = Pruned(TestGemma3Multimodal(), "gqa-pattern-tied", KIND_COMBINATIONS[-1], registry)
+    towers = setup.model.model
+    before = {name: p.clone() for name, p in towers.named_parameters()
+              if not name.startswith("language_model.")}
+    prune_model(setup.structure, setup.layout, setup.granularities, setup.keep())
+    after = {name: p for name, p in towers.named_parameters()
+             if not name.startswith("language_model.")}
+    assert before.keys() == after.keys() and len(before) > 0
+    assert all(torch.equal(after[name], value) for name, value in before.items())
+    assert setup.model.config.text_config.num_hidden_layers == 3
