@@ -81,8 +81,9 @@ def _layer_kinds(layer: nn.Module, attention: nn.Module) -> dict[str, Any]:
             for name in LAYER_KIND_ATTRIBUTES if hasattr(module, name)}
 
 
-class Pruned:
-    """A tiny model, its structure and granularities, before and after surgery."""
+class TinyCase:
+    """A tiny model of one variant with its structure, granularities and unit layout, to
+    mask, cut and save."""
 
     def __init__(self, suite: AdapterSuite, variant: str, kinds: Sequence[str],
                  registry: Any) -> None:
@@ -184,7 +185,7 @@ class AdapterSuite:
     # -- masking ------------------------------------------------------------------------
     def test_all_ones_masks_give_the_dense_logits(self, variant: str, kinds: Sequence[str],
                                                   registry: Any) -> None:
-        setup = Pruned(self, variant, kinds, registry)
+        setup = TinyCase(self, variant, kinds, registry)
         dense = _logits(setup.model, setup.ids)
         ones = torch.ones(1, len(setup.layout))
         assert torch.equal(setup.masked_logits(ones), dense)  # nothing installed: bit-exact
@@ -200,7 +201,7 @@ class AdapterSuite:
         def squares(model: Any) -> float:
             return float(sum(p.detach().double().square().sum() for p in model.parameters()))
 
-        setup = Pruned(self, variant, ("channel", "head"), registry)
+        setup = TinyCase(self, variant, ("channel", "head"), registry)
         for kind, granularity in setup.granularities.items():
             unit_set = setup.layout[kind]
             scores = gather_units(setup.structure, unit_set,
@@ -221,7 +222,7 @@ class AdapterSuite:
         from pgprune_core.model.accounting import removed_params
         from pgprune_core.model.surgery import prune_model
 
-        setup = Pruned(self, variant, kinds, registry)
+        setup = TinyCase(self, variant, kinds, registry)
         keep = setup.keep()
         masked = setup.masked_logits(keep.float()[None])
         assert (masked - _logits(setup.model, setup.ids)).abs().max() > 1e-3  # the mask bites
@@ -250,7 +251,7 @@ class AdapterSuite:
         from pgprune_core import load_pruned
         from pgprune_core.model.surgery import prune_model, save_pruned
 
-        setup = Pruned(self, variant, KIND_COMBINATIONS[-1], registry)
+        setup = TinyCase(self, variant, KIND_COMBINATIONS[-1], registry)
         prune_model(setup.structure, setup.layout, setup.granularities, setup.keep())
         model = setup.model
         path = save_pruned(model, None, tmp_path / "pruned", adapter_name=self.adapter,

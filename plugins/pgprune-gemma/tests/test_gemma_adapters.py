@@ -57,9 +57,9 @@ def test_the_vision_tower_is_left_as_it_is(registry):
     import torch
 
     from pgprune_core.model.surgery import prune_model
-    from pgprune_core.testing.adapter_suite import KIND_COMBINATIONS, Pruned
+    from pgprune_core.testing.adapter_suite import KIND_COMBINATIONS, TinyCase
 
-    setup = Pruned(TestGemma3Multimodal(), "gqa-pattern-tied", KIND_COMBINATIONS[-1], registry)
+    setup = TinyCase(TestGemma3Multimodal(), "gqa-pattern-tied", KIND_COMBINATIONS[-1], registry)
     towers = setup.model.model
     before = {name: p.clone() for name, p in towers.named_parameters()
               if not name.startswith("language_model.")}

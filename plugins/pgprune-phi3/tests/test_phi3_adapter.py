@@ -7,7 +7,7 @@ import torch
 from transformers import Phi3Config
 
 from pgprune_core.model.surgery import prune_model
-from pgprune_core.testing.adapter_suite import AdapterSuite, Pruned, tiny_decoder
+from pgprune_core.testing.adapter_suite import AdapterSuite, TinyCase, tiny_decoder
 
 
 class TestPhi3(AdapterSuite):
@@ -23,7 +23,7 @@ class TestPhi3(AdapterSuite):
 
 
 def test_surgery_keeps_the_rows_of_the_kept_units_in_each_fused_block(registry):
-    setup = Pruned(TestPhi3(), "gqa-sliding-untied", ("channel", "head"), registry)
+    setup = TinyCase(TestPhi3(), "gqa-sliding-untied", ("channel", "head"), registry)
     site = setup.structure.layers[0]
     qkv = site.attention.module.qkv_proj.weight.clone()
     gate_up = site.mlp.module.gate_up_proj.weight.clone()

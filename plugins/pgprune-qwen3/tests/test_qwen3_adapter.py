@@ -27,9 +27,9 @@ class TestQwen3(AdapterSuite):
 
 def test_q_and_k_norms_survive_head_surgery(registry):
     from pgprune_core.model.surgery import prune_model
-    from pgprune_core.testing.adapter_suite import Pruned
+    from pgprune_core.testing.adapter_suite import TinyCase
 
-    setup = Pruned(TestQwen3(), "gqa-sliding-untied", ("head",), registry)
+    setup = TinyCase(TestQwen3(), "gqa-sliding-untied", ("head",), registry)
     norms = [{name: getattr(site.attention.module, name).weight.clone()
               for name in ("q_norm", "k_norm")} for site in setup.structure.layers]
     prune_model(setup.structure, setup.layout, setup.granularities, setup.keep())
