@@ -244,14 +244,14 @@ class AdapterSuite:
                 assert torch.equal(value, original[name]), name
 
     # -- saving, loading, generating ------------------------------------------------------
-    def test_saved_model_loads_and_generates(self, variant: str, registry: Any,
-                                             tmp_path: Any) -> None:
+    def test_saved_model_loads_and_generates(self, variant: str, kinds: Sequence[str],
+                                             registry: Any, tmp_path: Any) -> None:
         from transformers import AutoModelForCausalLM
 
         from pgprune_core import load_pruned
         from pgprune_core.model.surgery import prune_model, save_pruned
 
-        setup = TinyCase(self, variant, KIND_COMBINATIONS[-1], registry)
+        setup = TinyCase(self, variant, kinds, registry)
         prune_model(setup.structure, setup.layout, setup.granularities, setup.keep())
         model = setup.model
         path = save_pruned(model, None, tmp_path / "pruned", adapter_name=self.adapter,
