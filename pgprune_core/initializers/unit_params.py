@@ -2,8 +2,8 @@
 
 A unit's *own* parameters are the entries that disappear when the unit is cut out:
 
-- ``channel`` j of an MLP: row j of ``gate_proj`` and ``up_proj`` (and their bias entries)
-  and column j of ``down_proj``;
+- ``channel`` j of an MLP: row j of ``gate_proj`` and ``up_proj`` (and their bias entries;
+  the same rows of each block of a fused ``gate_up_proj``) and column j of ``down_proj``;
 - ``head`` g (a KV group under GQA, a plain head under MHA): the rows of ``q_proj`` of its
   query heads, the rows of ``k_proj`` and ``v_proj`` of its KV head (and their bias
   entries) and the columns of ``o_proj`` of its query heads;
@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import torch
 
 from pgprune_core.errors import ConfigError
-from pgprune_core.model.structure import LayerSite, ModelStructure, UnitSet
+from pgprune_core.model.structure import LayerSite, ModelStructure, RowBlock, UnitSet
 
 #: element-wise values of one parameter (same shape) -> one number per unit of the layer
 Reduce = Callable[[torch.Tensor], torch.Tensor]
@@ -48,6 +48,12 @@ def _columns(groups: int) -> Reduce:
     return lambda x: x.sum(0).reshape(groups, -1).sum(1)
 
 
+def _block_rows(block: RowBlock, groups: int) -> Reduce:
+    """:func:`_rows` over the rows of one block of a (possibly fused) projection."""
+    within = _rows(groups)
+    return lambda x: within(x[block.rows])
+
+
 def _whole(x: torch.Tensor) -> torch.Tensor:
     return x.sum().reshape(1)
 
@@ -57,18 +63,20 @@ def unit_slices(site: LayerSite, kind: str) -> list[UnitSlice]:
     if kind == "channel":
         mlp = site.mlp
         n = mlp.intermediate_size
-        slices = [UnitSlice(mlp.gate_proj.weight, _rows(n)), UnitSlice(mlp.up_proj.weight, _rows(n)),
-                  UnitSlice(mlp.down_proj.weight, _columns(n))]
-        slices += [UnitSlice(lin.bias, _rows(n)) for lin in (mlp.gate_proj, mlp.up_proj)
-                   if lin.bias is not None]
+        blocks = mlp.gate_up_blocks()
+        slices = [UnitSlice(b.linear.weight, _block_rows(b, n)) for b in blocks]
+        slices.append(UnitSlice(mlp.down_proj.weight, _columns(n)))
+        slices += [UnitSlice(b.linear.bias, _block_rows(b, n)) for b in blocks
+                   if b.linear.bias is not None]
         return slices
     if kind == "head":
         att = site.attention
         g = att.n_kv_heads
-        slices = [UnitSlice(lin.weight, _rows(g)) for lin in (att.q_proj, att.k_proj, att.v_proj)]
+        blocks = att.qkv_blocks()
+        slices = [UnitSlice(b.linear.weight, _block_rows(b, g)) for b in blocks]
         slices.append(UnitSlice(att.o_proj.weight, _columns(g)))
-        slices += [UnitSlice(lin.bias, _rows(g)) for lin in (att.q_proj, att.k_proj, att.v_proj)
-                   if lin.bias is not None]
+        slices += [UnitSlice(b.linear.bias, _block_rows(b, g)) for b in blocks
+                   if b.linear.bias is not None]
         return slices
     if kind in BLOCK_PARTS:
         return [UnitSlice(part.param, _whole) for part in unit_slices(site, BLOCK_PARTS[kind])]

@@ -1,6 +1,6 @@
 """Generic machinery for llama-family Hugging Face decoders, parameterised by adapter plugins.
 
-An adapter plugin (``pgprune-llama``, ``pgprune-mistral``) subclasses :class:`HFDecoderAdapter`
+An adapter plugin (``pgprune-llama``, ``pgprune-mistral``, ``pgprune-qwen2``, ...) subclasses :class:`HFDecoderAdapter`
 and states what it knows about its architecture: the ``model_type`` values it handles, the
 transformers class (a dotted path, imported only when a model is loaded, so that listing
 plugins stays fast) and the attribute names of the blocks (:class:`ModuleNames`).  Loading,
@@ -30,6 +30,7 @@ from pgprune_core.model.structure import (
     MlpSite,
     ModelStructure,
     ModuleNames,
+    text_config,
 )
 from pgprune_core.plugin.registry import (
     ADAPTER_FOR_MODEL_TYPE,
@@ -60,6 +61,15 @@ def load_model_config(name_or_path: str, *, revision: str | None = None,
         raise ModelError(f"cannot read the model config from {where}: {first_line(exc)}") from exc
 
 
+def _adapter_label(name: str, cls: type[ModelAdapter]) -> str:
+    """``gemma3 (model type gemma3_text)``: an adapter and, when they differ from its name,
+    the model types it handles."""
+    types = tuple(cls.model_types)
+    if types == (name,) or not types:
+        return name
+    return f"{name} (model type {'/'.join(types)})"
+
+
 def adapter_for_config(model_config: Any, registry: Registry | None = None) -> str:
     """The name of the adapter that handles ``model_config`` (a transformers config)."""
     registry = registry or get_registry()
@@ -69,9 +79,17 @@ def adapter_for_config(model_config: Any, registry: Registry | None = None) -> s
         known = ADAPTER_FOR_MODEL_TYPE.get(str(model_type))
         if known is not None and known not in registry.names("adapter"):
             raise MissingPluginError("adapter", known, PROVIDED_BY[("adapter", known)])
-        supported = ", ".join(registry.names("adapter")) or "(no adapter plugin installed)"
-        raise ModelError(f"model type {model_type!r} is not supported; supported: {supported}")
+        supported = ", ".join(_adapter_label(name, cls) for name, cls in
+                              sorted(registry.classes("adapter").items()))
+        raise ModelError(f"model type {model_type!r} is not supported; supported: "
+                         f"{supported or '(no adapter plugin installed)'}")
     return name
+
+
+def claim(model_config: Any, *adapters: type[ModelAdapter]) -> str | None:
+    """The name of the first of ``adapters`` that handles ``model_config`` (None: none
+    does): what an adapter plugin's ``pgprune_resolve_adapter`` returns."""
+    return next((cls.name for cls in adapters if cls().handles(model_config)), None)
 
 
 def resolve_adapter(name_or_path: str, *, registry: Registry | None = None,
@@ -153,8 +171,8 @@ class HFDecoderAdapter(ModelAdapter):
     def describe_model(self, model: nn.Module) -> ModelStructure:
         """Sites of every decoder layer; head counts and widths are read from the module
         shapes (not the config), so an already pruned model is described as it is."""
-        config: Any = model.config
-        self.check_config(config)
+        self.check_config(model.config)
+        config = text_config(model.config)
         names = self.names
         try:
             layer_list = cast(nn.ModuleList, model.get_submodule(names.layers))
@@ -166,21 +184,34 @@ class HFDecoderAdapter(ModelAdapter):
         for index, layer in enumerate(layer_list):
             attention = getattr(layer, names.attention)
             mlp = getattr(layer, names.mlp)
-            q, k, v, o = (getattr(attention, n) for n in
-                          (names.q_proj, names.k_proj, names.v_proj, names.o_proj))
             head_dim = int(getattr(attention, "head_dim", None) or default_head_dim)
-            gate, up, down = (getattr(mlp, n) for n in
-                              (names.gate_proj, names.up_proj, names.down_proj))
+            o = getattr(attention, names.o_proj)
+            n_heads = o.in_features // head_dim
+            if names.qkv_proj:  # fused: n_heads query rows, then n_kv key and n_kv value rows
+                qkv = getattr(attention, names.qkv_proj)
+                q = k = v = qkv
+                n_kv = (qkv.out_features - n_heads * head_dim) // (2 * head_dim)
+            else:
+                qkv = None
+                q, k, v = (getattr(attention, n) for n in (names.q_proj, names.k_proj, names.v_proj))
+                n_kv = k.out_features // head_dim
+            if names.gate_up_proj:
+                gate_up = getattr(mlp, names.gate_up_proj)
+                gate = up = gate_up
+            else:
+                gate_up = None
+                gate, up = getattr(mlp, names.gate_proj), getattr(mlp, names.up_proj)
+            down = getattr(mlp, names.down_proj)
             layers.append(LayerSite(
                 index=index,
                 module=layer,
                 attention=AttentionSite(
                     layer=index, module=attention, q_proj=q, k_proj=k, v_proj=v, o_proj=o,
-                    n_heads=q.out_features // head_dim, n_kv_heads=k.out_features // head_dim,
-                    head_dim=head_dim,
+                    n_heads=n_heads, n_kv_heads=n_kv, head_dim=head_dim, qkv_proj=qkv,
                 ),
                 mlp=MlpSite(layer=index, module=mlp, gate_proj=gate, up_proj=up,
-                            down_proj=down, intermediate_size=gate.out_features),
+                            down_proj=down, intermediate_size=down.in_features,
+                            gate_up_proj=gate_up),
             ))
         return ModelStructure(model=model, layers=layers, layer_list=layer_list,
                               hidden_size=int(config.hidden_size), names=names,

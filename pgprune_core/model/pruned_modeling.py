@@ -27,6 +27,15 @@ from torch import nn
 
 #: the key of the config section this file reads
 SECTION = "pgprune"
+#: keyword names under which decoder layers and attention blocks receive the KV cache
+CACHE_KWARGS = ("cache", "past_key_values", "past_key_value")
+#: config attributes a pruned attention block overrides with its own head counts
+HEAD_COUNT_FIELDS = ("num_attention_heads", "num_key_value_heads")
+
+
+def cache_argument(kwargs: dict[str, Any]) -> Any:
+    """The KV cache among a forward's keyword arguments (None: not caching)."""
+    return next((kwargs[key] for key in CACHE_KWARGS if kwargs.get(key) is not None), None)
 
 
 def import_object(dotted: str) -> Any:
@@ -46,13 +55,44 @@ def record_empty_step(cache: Any, layer_idx: int, hidden_states: torch.Tensor, h
     cache.update(empty, empty, layer_idx)
 
 
+class LayerConfig:
+    """The model's config as one attention block sees it: its own head counts, everything
+    else read from (and written to) the shared config.  For blocks whose forward reads the
+    head counts from the config (e.g. to split a fused query/key/value projection at
+    ``config.num_attention_heads * head_dim``)."""
+
+    def __init__(self, base: Any, **overrides: int) -> None:
+        object.__setattr__(self, "_base", base)
+        object.__setattr__(self, "_overrides", dict(overrides))
+
+    def __getattr__(self, name: str) -> Any:
+        if name in ("_base", "_overrides"):  # not yet set (copy, unpickling)
+            raise AttributeError(name)
+        overrides = self._overrides
+        return overrides[name] if name in overrides else getattr(self._base, name)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name in self._overrides:
+            self._overrides[name] = value
+        else:
+            setattr(self._base, name, value)
+
+
 def set_head_counts(attention: nn.Module, n_heads: int, n_kv_heads: int) -> None:
-    """Update the head-count attributes an attention module reads in its forward."""
+    """Update the head-count attributes an attention module reads in its forward (and the
+    head counts of the config it holds, when they differ from the shared config's)."""
     if n_kv_heads and hasattr(attention, "num_key_value_groups"):
         setattr(attention, "num_key_value_groups", n_heads // n_kv_heads)  # noqa: B010
     for name, value in (("num_heads", n_heads), ("num_key_value_heads", n_kv_heads)):
         if hasattr(attention, name):
             setattr(attention, name, value)
+    config = getattr(attention, "config", None)
+    if config is None or not hasattr(config, HEAD_COUNT_FIELDS[0]):
+        return
+    base = config._base if isinstance(config, LayerConfig) else config
+    counts = dict(zip(HEAD_COUNT_FIELDS, (n_heads, n_kv_heads), strict=True))
+    same = all(getattr(base, key, None) == value for key, value in counts.items())
+    setattr(attention, "config", base if same else LayerConfig(base, **counts))  # noqa: B010
 
 
 def set_intermediate_size(mlp: nn.Module, size: int) -> None:
@@ -64,22 +104,29 @@ def set_intermediate_size(mlp: nn.Module, size: int) -> None:
 class EmptyAttention(nn.Module):
     """An attention block whose heads were all pruned: it adds nothing to the residual
     stream but the output projection's bias (if any), and still records the step in the KV
-    cache.  Its projections stay (with zero rows/columns) so the weight names are those of
-    the original block."""
+    cache.  It takes over the original block's submodules and parameters (projections with
+    zero rows/columns, per-head norms shared by all heads), so the weight names and the
+    parameter count are those of the original block, and its plain attributes (the layer's
+    kind: ``layer_type``, ``sliding_window``, ...)."""
 
-    def __init__(self, q_proj: nn.Linear, k_proj: nn.Linear, v_proj: nn.Linear,
-                 o_proj: nn.Linear, names: dict[str, str], head_dim: int, layer_idx: int) -> None:
+    def __init__(self, original: nn.Module, o_proj: str, head_dim: int, layer_idx: int) -> None:
         super().__init__()
-        self.proj_names = {key: names[key] for key in ("q_proj", "k_proj", "v_proj", "o_proj")}
-        for key, module in zip(self.proj_names, (q_proj, k_proj, v_proj, o_proj), strict=True):
-            self.add_module(self.proj_names[key], module)
+        for name, value in vars(original).items():
+            if not name.startswith("_") and name != "training" and (
+                    value is None or isinstance(value, (bool, int, float, str))):
+                setattr(self, name, value)
+        for name, module in original.named_children():
+            self.add_module(name, module)
+        for name, param in original.named_parameters(recurse=False):
+            self.register_parameter(name, param)
+        self.o_proj_name = o_proj
         self.head_dim = head_dim
         self.layer_idx = layer_idx
 
     def forward(self, hidden_states: torch.Tensor, *args: Any,
-                past_key_values: Any = None, **kwargs: Any) -> tuple[torch.Tensor, None]:
-        record_empty_step(past_key_values, self.layer_idx, hidden_states, self.head_dim)
-        o_proj = getattr(self, self.proj_names["o_proj"])
+                **kwargs: Any) -> tuple[torch.Tensor, None]:
+        record_empty_step(cache_argument(kwargs), self.layer_idx, hidden_states, self.head_dim)
+        o_proj = getattr(self, self.o_proj_name)
         return o_proj(hidden_states.new_zeros(*hidden_states.shape[:-1], 0)), None
 
 
@@ -113,20 +160,24 @@ def rebuild_layers(model: nn.Module, section: dict[str, Any]) -> None:
         attention = getattr(layer, names["attention"])
         mlp = getattr(layer, names["mlp"])
         head_dim, n_heads, n_kv = shape["head_dim"], shape["n_heads"], shape["n_kv_heads"]
-        projections = (
-            _resize(attention, names["q_proj"], outputs=n_heads * head_dim),
-            _resize(attention, names["k_proj"], outputs=n_kv * head_dim),
-            _resize(attention, names["v_proj"], outputs=n_kv * head_dim),
-            _resize(attention, names["o_proj"], inputs=n_heads * head_dim),
-        )
+        if names.get("qkv_proj"):
+            _resize(attention, names["qkv_proj"], outputs=(n_heads + 2 * n_kv) * head_dim)
+        else:
+            _resize(attention, names["q_proj"], outputs=n_heads * head_dim)
+            _resize(attention, names["k_proj"], outputs=n_kv * head_dim)
+            _resize(attention, names["v_proj"], outputs=n_kv * head_dim)
+        _resize(attention, names["o_proj"], inputs=n_heads * head_dim)
         if n_heads == 0:
             setattr(layer, names["attention"],
-                    EmptyAttention(*projections, names, head_dim, index))
+                    EmptyAttention(attention, names["o_proj"], head_dim, index))
         else:
             set_head_counts(attention, n_heads, n_kv)
         width = shape["intermediate_size"]
-        _resize(mlp, names["gate_proj"], outputs=width)
-        _resize(mlp, names["up_proj"], outputs=width)
+        if names.get("gate_up_proj"):
+            _resize(mlp, names["gate_up_proj"], outputs=2 * width)
+        else:
+            _resize(mlp, names["gate_proj"], outputs=width)
+            _resize(mlp, names["up_proj"], outputs=width)
         _resize(mlp, names["down_proj"], inputs=width)
         set_intermediate_size(mlp, width)
 

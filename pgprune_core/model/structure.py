@@ -11,9 +11,18 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import nn
+
+
+def text_config(config: Any) -> Any:
+    """The config of the decoder a model's layers belong to: ``config`` itself for a causal
+    LM, its text part (``text_config``) for a model whose decoder sits beside other towers
+    (e.g. an image-text model pruned in its language model)."""
+    get = getattr(config, "get_text_config", None)
+    return get() if callable(get) else config
 
 
 @dataclass(frozen=True)
@@ -21,8 +30,13 @@ class ModuleNames:
     """Attribute names of the blocks inside a layer, as the adapter knows them.
 
     The defaults are the Hugging Face llama-family convention (LLaMA, Mistral, Qwen2 and
-    many others share it); an adapter for another family passes its own.  They are saved into a pruned model's config so that the generic modeling file can
-    rebuild the per-layer shapes without architecture knowledge of its own.
+    many others share it); an adapter for another family passes its own.  They are saved
+    into a pruned model's config so that the generic modeling file can rebuild the
+    per-layer shapes without architecture knowledge of its own.
+
+    ``qkv_proj`` / ``gate_up_proj`` name *fused* projections (Phi-3): one linear layer whose
+    output rows are the query, key and value rows (in that order), or the gate rows then
+    the up rows.  When set, the separate names of those projections are not used.
     """
 
     layers: str = "model.layers"
@@ -35,15 +49,46 @@ class ModuleNames:
     gate_proj: str = "gate_proj"
     up_proj: str = "up_proj"
     down_proj: str = "down_proj"
+    qkv_proj: str | None = None
+    gate_up_proj: str | None = None
 
-    def as_dict(self) -> dict[str, str]:
+    def as_dict(self) -> dict[str, str | None]:
         return dict(self.__dict__)
+
+
+@dataclass(frozen=True)
+class RowBlock:
+    """A block of output rows of a linear layer that one projection owns: all rows of a
+    separate ``q_proj``, or rows ``start .. start + size - 1`` of a fused ``qkv_proj``."""
+
+    linear: nn.Linear
+    start: int
+    size: int
+
+    @property
+    def rows(self) -> slice:
+        return slice(self.start, self.start + self.size)
+
+
+def row_blocks(linears: Sequence[nn.Linear], sizes: Sequence[int]) -> list[RowBlock]:
+    """One block per projection: ``linears[i]`` (the same module repeated when the
+    projections are fused) owns ``sizes[i]`` rows, laid out one after another inside it."""
+    blocks: list[RowBlock] = []
+    offsets: dict[int, int] = {}
+    for linear, size in zip(linears, sizes, strict=True):
+        start = offsets.get(id(linear), 0)
+        blocks.append(RowBlock(linear, start, size))
+        offsets[id(linear)] = start + size
+    return blocks
 
 
 @dataclass
 class AttentionSite:
     """One attention block: projections and head geometry.  Units are KV groups: one KV
-    head and the ``n_heads // n_kv_heads`` query heads that share it (plain heads under MHA)."""
+    head and the ``n_heads // n_kv_heads`` query heads that share it (plain heads under MHA).
+
+    With a fused ``qkv_proj``, ``q_proj``, ``k_proj`` and ``v_proj`` are that one module;
+    :meth:`qkv_blocks` says which of its rows each projection owns."""
 
     layer: int
     module: nn.Module
@@ -54,15 +99,24 @@ class AttentionSite:
     n_heads: int
     n_kv_heads: int
     head_dim: int
+    qkv_proj: nn.Linear | None = None
 
     @property
     def group_size(self) -> int:
         return self.n_heads // self.n_kv_heads if self.n_kv_heads else 0
 
+    def qkv_blocks(self) -> list[RowBlock]:
+        """The query, key and value rows, in that order (row ``h * head_dim + i`` of a block
+        is feature ``i`` of its head ``h``)."""
+        kv = self.n_kv_heads * self.head_dim
+        return row_blocks((self.q_proj, self.k_proj, self.v_proj),
+                          (self.n_heads * self.head_dim, kv, kv))
+
 
 @dataclass
 class MlpSite:
-    """One gated MLP: ``down(act(gate(x)) * up(x))`` with ``intermediate_size`` channels."""
+    """One gated MLP: ``down(act(gate(x)) * up(x))`` with ``intermediate_size`` channels.
+    With a fused ``gate_up_proj``, ``gate_proj`` and ``up_proj`` are that one module."""
 
     layer: int
     module: nn.Module
@@ -70,6 +124,12 @@ class MlpSite:
     up_proj: nn.Linear
     down_proj: nn.Linear
     intermediate_size: int
+    gate_up_proj: nn.Linear | None = None
+
+    def gate_up_blocks(self) -> list[RowBlock]:
+        """The gate rows, then the up rows (row ``j`` of each block is channel ``j``)."""
+        return row_blocks((self.gate_proj, self.up_proj),
+                          (self.intermediate_size, self.intermediate_size))
 
 
 @dataclass

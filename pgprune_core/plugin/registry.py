@@ -45,6 +45,12 @@ PROVIDED_BY: dict[tuple[str, str], str] = {
     ("adapter", "llama"): "pgprune-llama",
     ("adapter", "vicuna"): "pgprune-llama",
     ("adapter", "mistral"): "pgprune-mistral",
+    ("adapter", "qwen2"): "pgprune-qwen2",
+    ("adapter", "qwen3"): "pgprune-qwen3",
+    ("adapter", "phi3"): "pgprune-phi3",
+    ("adapter", "gemma2"): "pgprune-gemma",
+    ("adapter", "gemma3"): "pgprune-gemma",
+    ("adapter", "gemma3-multimodal"): "pgprune-gemma",
     ("estimator", "reinforce"): "pgprune-reinforce",
     ("estimator", "gumbel"): "pgprune-gumbel",
     ("estimator", "ppo"): "pgprune-ppo",
@@ -52,7 +58,16 @@ PROVIDED_BY: dict[tuple[str, str], str] = {
 }
 
 #: transformers ``model_type`` -> the adapter this project publishes for it
-ADAPTER_FOR_MODEL_TYPE: dict[str, str] = {"llama": "llama", "mistral": "mistral"}
+ADAPTER_FOR_MODEL_TYPE: dict[str, str] = {
+    "llama": "llama",
+    "mistral": "mistral",
+    "qwen2": "qwen2",
+    "qwen3": "qwen3",
+    "phi3": "phi3",
+    "gemma2": "gemma2",
+    "gemma3_text": "gemma3",
+    "gemma3": "gemma3-multimodal",
+}
 
 KINDS: dict[str, tuple[str, type[Plugin]]] = {
     "estimator": ("pgprune_register_estimators", Estimator),

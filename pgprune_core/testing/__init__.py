@@ -4,7 +4,8 @@ Nothing here downloads anything: models are built from a config with seeded rand
 weights, tokenizers are trained in a fraction of a second on text that ships with Python.
 :func:`temporary_plugin` registers a plugin for the duration of a test (a no-op when it is
 already installed); :mod:`pgprune_core.testing.oracles` has loss oracles with known answers;
-:mod:`pgprune_core.testing.pytest_plugin` ships the fixtures as a pytest plugin.
+:mod:`pgprune_core.testing.pytest_plugin` ships the fixtures as a pytest plugin;
+:mod:`pgprune_core.testing.adapter_suite` is the test class every model adapter passes.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ __all__ = [
     "QuadraticOracle",
     "ScriptedOracle",
     "fixed_step_estimator",
+    "random_model",
     "sample_text",
     "save_run_assets",
     "save_tiny_model",
@@ -90,18 +92,27 @@ def tiny_model(arch: Arch = "llama", *, seed: int = 0, dtype: torch.dtype = torc
                **config_kwargs: Any) -> Any:
     """A randomly initialised tiny causal LM in eval mode (weights scaled up a little so
     that masking units changes the logits visibly)."""
+    return random_model(tiny_config(arch, **config_kwargs), seed=seed, dtype=dtype,
+                        perturb_vectors=False)
+
+
+def random_model(config: Any, *, seed: int = 0, dtype: torch.dtype = torch.float32,
+                 perturb_vectors: bool = True) -> Any:
+    """A causal LM built from ``config`` with seeded random weights, in eval mode: matrices
+    (embeddings aside) drawn from N(0, 0.2) so that masking units changes the logits
+    visibly; with ``perturb_vectors`` biases and norm weights get N(0, 0.1) noise too (a
+    bias or norm cut with the wrong rows then changes the logits)."""
     from transformers import AutoModelForCausalLM
 
-    config = tiny_config(arch, **config_kwargs)
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(config, dtype=dtype)
     with torch.no_grad():
         for name, param in model.named_parameters():
             if param.dim() == 2 and "embed" not in name:
                 param.normal_(0.0, 0.2)
+            elif param.dim() == 1 and perturb_vectors:
+                param.add_(torch.randn_like(param) * 0.1)
     return model.eval()
-
-
 
 
 @functools.lru_cache(maxsize=1)

@@ -1,7 +1,8 @@
 """The ``channel`` kind: MLP intermediate channels.
 
 Channel ``j`` of a gated MLP ``down(act(gate(x)) * up(x))`` is row ``j`` of ``gate_proj`` and
-of ``up_proj`` and column ``j`` of ``down_proj``.  Masking multiplies ``act(gate(x)) * up(x)``
+of ``up_proj`` (rows ``j`` and ``intermediate_size + j`` of a fused ``gate_up_proj``) and
+column ``j`` of ``down_proj``.  Masking multiplies ``act(gate(x)) * up(x)``
 by the mask just before ``down_proj`` (as in the authors' code); a zero there contributes
 exactly what a physically removed channel contributes: nothing.
 """
@@ -13,18 +14,19 @@ from torch import nn
 
 from pgprune_core.interfaces import Granularity, Handle
 from pgprune_core.model.granularity.rowmask import by_layer, install_input_masks, per_layer_units
-from pgprune_core.model.granularity.slicing import keep_columns, keep_rows, kept_indices
+from pgprune_core.model.granularity.slicing import keep_block_rows, keep_columns, kept_indices
 from pgprune_core.model.pruned_modeling import set_intermediate_size
 from pgprune_core.model.structure import MlpSite, ModelStructure, UnitSet
 from pgprune_core.plugin.hookspecs import hookimpl
 
 
 def channel_cost(site: MlpSite) -> int:
-    """Parameters one channel owns: a row of gate and up (with their bias entries) and a
-    column of down (down's bias belongs to the hidden size, not to a channel)."""
-    cost = site.gate_proj.in_features + site.up_proj.in_features + site.down_proj.out_features
-    cost += int(site.gate_proj.bias is not None) + int(site.up_proj.bias is not None)
-    return cost
+    """Parameters one channel owns: a row of gate and up (with their bias entries; rows of
+    one fused gate_up when the MLP has it) and a column of down (down's bias belongs to the
+    hidden size, not to a channel)."""
+    return site.down_proj.out_features + sum(
+        block.linear.in_features + int(block.linear.bias is not None)
+        for block in site.gate_up_blocks())
 
 
 class ChannelGranularity(Granularity):
@@ -60,8 +62,7 @@ def remove_channels(structure: ModelStructure, layer: int, dropped: torch.Tensor
     ``layer``'s MLP."""
     site = structure.layers[layer].mlp
     channels = kept_indices(site.intermediate_size, dropped)
-    keep_rows(site.gate_proj, channels)
-    keep_rows(site.up_proj, channels)
+    keep_block_rows(site.gate_up_blocks(), (channels, channels))
     keep_columns(site.down_proj, channels)
     site.intermediate_size = int(channels.numel())
     set_intermediate_size(site.module, site.intermediate_size)

@@ -5,7 +5,9 @@ heads; removing a query head alone saves little and removing a KV head breaks it
 so the unit is the group (the KV head and its query heads), as in the authors' code.  Under
 multi-head attention a group is one head.  Masking multiplies the attention output, before
 ``o_proj``, by the group's mask spread over its query heads x ``head_dim`` features: a zero
-there is exactly a removed group (its q/k/v rows then influence nothing).
+there is exactly a removed group (its q/k/v rows then influence nothing).  Biases of q/k/v
+are cut with their rows; per-head norms over ``head_dim`` (Qwen3, Gemma 3) are shared by
+all heads and stay; a fused ``qkv_proj`` loses the group's rows in each of its three blocks.
 """
 
 from __future__ import annotations
@@ -17,8 +19,8 @@ from pgprune_core.interfaces import Granularity, Handle
 from pgprune_core.model.granularity.rowmask import by_layer, install_input_masks, per_layer_units
 from pgprune_core.model.granularity.slicing import (
     head_features,
+    keep_block_rows,
     keep_columns,
-    keep_rows,
     kept_indices,
 )
 from pgprune_core.model.pruned_modeling import EmptyAttention, set_head_counts
@@ -28,13 +30,14 @@ from pgprune_core.plugin.hookspecs import hookimpl
 
 def group_cost(site: AttentionSite) -> int:
     """Parameters one KV group owns: the q rows of its query heads, the k and v rows of its
-    KV head (with bias entries) and the o columns of its query heads."""
-    q, k, v, o = site.q_proj, site.k_proj, site.v_proj, site.o_proj
-    q_features = site.group_size * site.head_dim
-    cost = q_features * (q.in_features + int(q.bias is not None))
-    cost += site.head_dim * (k.in_features + int(k.bias is not None))
-    cost += site.head_dim * (v.in_features + int(v.bias is not None))
-    cost += q_features * o.out_features
+    KV head (with bias entries; rows of one fused qkv when the block has it) and the o
+    columns of its query heads."""
+    if site.n_kv_heads == 0:
+        return 0
+    cost = site.group_size * site.head_dim * site.o_proj.out_features
+    for block in site.qkv_blocks():
+        linear = block.linear
+        cost += block.size // site.n_kv_heads * (linear.in_features + int(linear.bias is not None))
     return cost
 
 
@@ -76,17 +79,15 @@ def remove_groups(structure: ModelStructure, layer: int, dropped: torch.Tensor) 
     queries = (groups[:, None] * group_size + torch.arange(group_size)).reshape(-1)
     q_features = head_features(queries, site.head_dim)
     kv_features = head_features(groups, site.head_dim)
-    keep_rows(site.q_proj, q_features)
-    keep_rows(site.k_proj, kv_features)
-    keep_rows(site.v_proj, kv_features)
+    keep_block_rows(site.qkv_blocks(), (q_features, kv_features, kv_features))
     keep_columns(site.o_proj, q_features)
     site.n_heads = int(queries.numel())
     site.n_kv_heads = int(groups.numel())
     if site.n_heads == 0:
         names = structure.names
         site.module = EmptyAttention(
-            site.q_proj, site.k_proj, site.v_proj, site.o_proj, names.as_dict(),
-            site.head_dim, int(getattr(site.module, "layer_idx", layer)),
+            site.module, names.o_proj, site.head_dim,
+            int(getattr(site.module, "layer_idx", layer)),
         )
         setattr(layer_site.module, names.attention, site.module)
     else:

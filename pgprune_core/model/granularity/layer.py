@@ -17,14 +17,12 @@ from torch import nn
 
 from pgprune_core.interfaces import Granularity, Handle
 from pgprune_core.model.granularity.rowmask import by_layer, computing_rows, is_all_ones
-from pgprune_core.model.pruned_modeling import record_empty_step
-from pgprune_core.model.structure import ModelStructure, UnitSet
+from pgprune_core.model.pruned_modeling import cache_argument, record_empty_step
+from pgprune_core.model.structure import ModelStructure, UnitSet, text_config
 from pgprune_core.plugin.hookspecs import hookimpl
 
 #: config attributes that hold one entry per decoder layer (cut with the layers)
 PER_LAYER_CONFIG_LISTS = ("layer_types",)
-#: keyword names under which decoder layers receive the KV cache
-CACHE_KWARGS = ("past_key_values", "past_key_value")
 
 
 class _NotRowwise(Exception):
@@ -69,8 +67,8 @@ class MaskedLayer(nn.Module):
             )
         active = self.active
         if active is not None and active.numel() == 0:
-            cache = next((kwargs[k] for k in CACHE_KWARGS if kwargs.get(k) is not None), None)
-            record_empty_step(cache, self.layer_idx, hidden_states, self.head_dim)
+            record_empty_step(cache_argument(kwargs), self.layer_idx, hidden_states,
+                              self.head_dim)
             return hidden_states
         if active is not None and active.numel() < n_rows:
             try:
@@ -148,7 +146,7 @@ class LayerGranularity(Granularity):
                    if not bool(kept[0])}
         if not dropped:
             return
-        config: Any = structure.model.config
+        config = text_config(structure.model.config)
         for position in sorted(dropped, reverse=True):
             del structure.layer_list[position]
         for name in PER_LAYER_CONFIG_LISTS:

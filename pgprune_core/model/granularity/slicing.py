@@ -7,8 +7,12 @@ with smaller matrices, which is what ``save_pretrained`` and the KV cache expect
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from torch import nn
+
+from pgprune_core.model.structure import RowBlock
 
 
 def _replace(linear: nn.Linear, name: str, value: torch.Tensor) -> None:
@@ -24,6 +28,18 @@ def keep_rows(linear: nn.Linear, rows: torch.Tensor) -> None:
         if linear.bias is not None:
             _replace(linear, "bias", linear.bias.index_select(0, rows))
     linear.out_features = int(rows.numel())
+
+
+def keep_block_rows(blocks: Sequence[RowBlock], kept: Sequence[torch.Tensor]) -> None:
+    """Keep rows ``kept[i]`` (indices inside the block) of every block ``blocks[i]``; a
+    linear layer holding several blocks (a fused projection) is cut once, its blocks
+    staying in order and each shrinking to its kept rows."""
+    by_linear: dict[int, tuple[nn.Linear, list[torch.Tensor]]] = {}
+    for block, rows in zip(blocks, kept, strict=True):
+        entry = by_linear.setdefault(id(block.linear), (block.linear, []))
+        entry[1].append(rows.to(torch.int64) + block.start)
+    for linear, parts in by_linear.values():
+        keep_rows(linear, torch.cat(parts))
 
 
 def keep_columns(linear: nn.Linear, columns: torch.Tensor) -> None:

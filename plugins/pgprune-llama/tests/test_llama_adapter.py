@@ -17,7 +17,8 @@ from pgprune_core.model.hf_adapter import resolve_adapter
 from pgprune_core.model.masking import apply_masks
 from pgprune_core.model.structure import UnitLayout
 from pgprune_core.model.surgery import prune_model, save_pruned
-from pgprune_core.testing import save_tiny_model, tiny_model
+from pgprune_core.testing import save_tiny_model, tiny_config, tiny_model
+from pgprune_core.testing.adapter_suite import AdapterSuite, tiny_decoder
 
 
 @pytest.fixture(scope="module")
@@ -155,3 +156,15 @@ def test_prune_save_and_load_the_shared_proxy_model(shared_asset, tmp_path, regi
                      AutoModelForCausalLM.from_pretrained(path, trust_remote_code=True)):
         with torch.no_grad():
             assert (reloaded(ids).logits - pruned).abs().max() <= 1e-5
+
+
+class TestLlama(AdapterSuite):
+    """The shared adapter checks (pgprune_core.testing.adapter_suite)."""
+
+    adapter = "llama"
+    distribution = "pgprune-llama"
+    variants = {
+        "mha-bias-untied": lambda: tiny_decoder(LlamaConfig, num_key_value_heads=4,
+                                                attention_bias=True, mlp_bias=True),
+        "llama3-gqa-tied": lambda: tiny_config("llama3", tie_word_embeddings=True),
+    }

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from pgprune_core import hookimpl
+from pgprune_core.model.hf_adapter import claim
 
 from .adapter import MistralAdapter
 
@@ -16,6 +17,4 @@ def pgprune_register_adapters(register):  # type: ignore[no-untyped-def]
 
 @hookimpl
 def pgprune_resolve_adapter(model_config: Any) -> str | None:
-    if getattr(model_config, "model_type", None) in MistralAdapter.model_types:
-        return MistralAdapter.name
-    return None
+    return claim(model_config, MistralAdapter)

@@ -13,6 +13,7 @@ from pgprune_core.model.hf_adapter import resolve_adapter
 from pgprune_core.model.structure import UnitLayout
 from pgprune_core.model.surgery import prune_model, save_pruned
 from pgprune_core.testing import save_tiny_model
+from pgprune_core.testing.adapter_suite import AdapterSuite, tiny_decoder
 
 
 @pytest.fixture(scope="module")
@@ -62,3 +63,15 @@ def test_pruned_mistral_keeps_its_sliding_window_through_save_and_load(
         # 30 tokens > the 16-token window: the sliding-window KV cache must agree
         got = reloaded.generate(ids, max_new_tokens=24, do_sample=False, use_cache=True)
         assert torch.equal(got, expected)
+
+
+class TestMistral(AdapterSuite):
+    """The shared adapter checks (pgprune_core.testing.adapter_suite)."""
+
+    adapter = "mistral"
+    distribution = "pgprune-mistral"
+    variants = {
+        "gqa-sliding-untied": lambda: tiny_decoder(MistralConfig, sliding_window=8),
+        "mha-tied": lambda: tiny_decoder(MistralConfig, num_key_value_heads=4, sliding_window=8,
+                                         tie_word_embeddings=True),
+    }

@@ -1,0 +1,5 @@
+"""pgprune adapter for Phi-3-architecture models."""
+
+from .adapter import Phi3Adapter
+
+__all__ = ["Phi3Adapter"]

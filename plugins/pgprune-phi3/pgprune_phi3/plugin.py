@@ -1,0 +1,20 @@
+"""Entry point ``phi3``: registers the adapter(s) and resolves their configs."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pgprune_core import hookimpl
+from pgprune_core.model.hf_adapter import claim
+
+from .adapter import Phi3Adapter
+
+
+@hookimpl
+def pgprune_register_adapters(register):  # type: ignore[no-untyped-def]
+    register(Phi3Adapter)
+
+
+@hookimpl
+def pgprune_resolve_adapter(model_config: Any) -> str | None:
+    return claim(model_config, Phi3Adapter)
