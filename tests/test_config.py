@@ -161,5 +161,6 @@ def test_config_digest_covers_what_is_learnt_not_how_it_runs():
     del legacy["pruning"]["shape"], legacy["pruning"]["channel_multiple"]  # ... and these
     del legacy["training"]["snapshot_every"], legacy["training"]["objective"]
     del legacy["estimator"]["advantage_scale"], legacy["estimator"]["scale_window"]
+    del legacy["estimator"]["preset"]
     digest = hashlib.sha256(json.dumps(legacy, sort_keys=True).encode()).hexdigest()[:16]
     assert config_digest(base) == digest

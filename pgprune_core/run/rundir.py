@@ -40,7 +40,8 @@ EXECUTION_KEYS = ("output", "training.threads", "training.snapshot_every")
 #: keys added after runs existed, with the value that means what those runs did: left out of
 #: the digest at that value, so the digests of older runs stay valid
 LATER_KEYS = {"pruning.shape": "free", "pruning.channel_multiple": 1, "training.objective": "ce",
-              "estimator.advantage_scale": "none", "estimator.scale_window": 50}
+              "estimator.advantage_scale": "none", "estimator.scale_window": 50,
+              "estimator.preset": "pgprune"}
 
 
 def config_digest(config: RunConfig) -> str:

@@ -19,3 +19,28 @@ def add_proxy_setting(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--calib-file", default=str(CALIB_FILE))
     parser.add_argument("--calib-slice", default=CALIB_SLICE)
     parser.add_argument("--eval-file", default=str(EVAL_FILE))
+
+
+# -- the real pretrained model -------------------------------------------------------------
+
+SMOLLM2_ASSET = SHARED / "models" / "smollm2-135m"
+#: where the HF directory converted from the GGUF asset is kept between benchmark runs
+SMOLLM2_CACHE = Path.home() / ".cache" / "pgprune-bench" / "smollm2-135m"
+
+
+def smollm2_dir() -> Path | None:
+    """The SmolLM2-135M-Instruct HF directory, converted once from ``shared/``'s GGUF asset
+    with its own ``to_hf.py`` (needs ``pip install gguf``); None when the asset or ``gguf``
+    is missing (the benchmarks then skip)."""
+    import importlib.util
+    import subprocess
+    import sys
+
+    if (SMOLLM2_CACHE / "config.json").is_file():
+        return SMOLLM2_CACHE
+    if not (SMOLLM2_ASSET / "to_hf.py").is_file() or importlib.util.find_spec("gguf") is None:
+        return None
+    SMOLLM2_CACHE.parent.mkdir(parents=True, exist_ok=True)
+    subprocess.run([sys.executable, str(SMOLLM2_ASSET / "to_hf.py"), str(SMOLLM2_CACHE)],
+                   check=True, stdout=sys.stderr)
+    return SMOLLM2_CACHE

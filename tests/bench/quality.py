@@ -94,6 +94,9 @@ def parse_args() -> argparse.Namespace:
                         help="directory of the grids (re-running continues them)")
     parser.add_argument("--extra", default="",
                         help="more pgprune compare options for every grid, one shell string")
+    parser.add_argument("--shared", default=None,
+                        help="one directory of dense metrics and initial scores for all grids "
+                             "(each grid's shared/ links to it): a start is computed once")
     return parser.parse_args()
 
 
@@ -106,6 +109,12 @@ def common(args: argparse.Namespace) -> list[str]:
 
 def run_grid(name: str, grid_args: list[str], args: argparse.Namespace) -> dict[str, Any]:
     out = Path(args.work) / name
+    if args.shared:
+        shared = Path(args.shared)
+        shared.mkdir(parents=True, exist_ok=True)
+        out.mkdir(parents=True, exist_ok=True)
+        if not (out / "shared").exists():
+            (out / "shared").symlink_to(shared.resolve(), target_is_directory=True)
     command = ["pgprune", "compare", *common(args), *grid_args, "--out", str(out)]
     print("$ " + shlex.join(command), file=sys.stderr, flush=True)
     started = time.perf_counter()

@@ -29,12 +29,30 @@ from pgprune_core.optim.sampled import SampledLossEstimator, Samples
 from pgprune_core.optim.step_size import StepSizeConfig, effective_lr, projected_step
 
 
+#: the options each preset sets (options given explicitly win over the preset's): ``paper``
+#: is the paper's method exactly (Eqs. 7-8, its learning rate unscaled), ``authors`` the
+#: authors' public code; ``pgprune`` is the field defaults below, the best combination
+#: measured (docs/benchmarks.md, "The estimator's defaults")
+PAPER: dict[str, Any] = {
+    "lr": 2e-3, "scale_lr_to_steps": False, "schedule": "cosine", "n_samples": 2, "window": 5,
+    "baseline": "moving-average", "score": "exact", "normalize": "mean", "advantage_scale": "none",
+}
+PRESETS: dict[str, dict[str, Any]] = {
+    "pgprune": {},
+    "paper": PAPER,
+    "authors": {**PAPER, "score": "sqrt", "normalize": "unbiased"},
+}
+
+
 class ReinforceEstimator(SampledLossEstimator):
     """REINFORCE with a moving-average baseline, projected onto the budget (paper Eqs. 7-8)."""
 
     name = "reinforce"
 
     class Config(StepSizeConfig):
+        #: pgprune: the measured best defaults; paper: the paper's method exactly; authors:
+        #: the authors' code (sqrt score, N_s - 1); options given explicitly win
+        preset: Literal["pgprune", "paper", "authors"] = "pgprune"
         #: masks sampled per step (N_s; paper: 2)
         n_samples: int = Field(default=2, ge=1)
         #: moving-average window (T of Eq. 8; paper: 5)
@@ -52,6 +70,13 @@ class ReinforceEstimator(SampledLossEstimator):
         advantage_scale: Literal["none", "rms"] = "none"
         #: steps of the running RMS of `advantage_scale: rms`
         scale_window: int = Field(default=50, ge=1)
+
+        @model_validator(mode="before")
+        @classmethod
+        def _apply_preset(cls, data: Any) -> Any:
+            if isinstance(data, Mapping) and data.get("preset", "pgprune") in PRESETS:
+                return {**PRESETS[data.get("preset", "pgprune")], **data}
+            return data
 
         @model_validator(mode="after")
         def _two_samples(self) -> ReinforceEstimator.Config:

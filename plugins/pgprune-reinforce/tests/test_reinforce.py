@@ -373,6 +373,31 @@ def test_config_defaults_and_validation() -> None:
         ReinforceEstimator.Config(surprise=1)  # type: ignore[call-arg]
 
 
+def test_presets_set_their_options_and_explicit_options_win() -> None:
+    paper = ReinforceEstimator.Config(preset="paper")
+    assert (paper.lr, paper.scale_lr_to_steps, paper.schedule, paper.n_samples, paper.window,
+            paper.baseline, paper.score, paper.normalize, paper.advantage_scale) == (
+        2e-3, False, "cosine", 2, 5, "moving-average", "exact", "mean", "none")
+    authors = ReinforceEstimator.Config(preset="authors")
+    assert (authors.score, authors.normalize, authors.baseline) == ("sqrt", "unbiased",
+                                                                   "moving-average")
+    mixed = ReinforceEstimator.Config(preset="paper", lr=0.05, n_samples=4)
+    assert (mixed.lr, mixed.n_samples, mixed.score) == (0.05, 4, "exact")
+    # the default preset is the field defaults themselves
+    assert ReinforceEstimator.Config(preset="pgprune") == ReinforceEstimator.Config()
+    with pytest.raises(ValidationError, match="preset"):
+        ReinforceEstimator.Config(preset="fastest")  # type: ignore[arg-type]
+
+
+def test_paper_preset_through_the_configuration() -> None:
+    from pgprune_core.config.resolve import resolve_config
+
+    config = resolve_config(None, None, {"estimator.preset": "paper"})
+    assert (config.estimator.preset, config.estimator.scale_lr_to_steps) == ("paper", False)
+    again = resolve_config(None, None, {"estimator.preset": "paper", "estimator.score": "sqrt"})
+    assert again.estimator.score == "sqrt" and again.estimator.scale_lr_to_steps is False
+
+
 def test_registered_through_its_entry_point() -> None:
     spec = get_registry().get("estimator", "reinforce")
     assert spec.cls is ReinforceEstimator
