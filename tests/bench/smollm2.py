@@ -20,10 +20,13 @@ Protocols (``--protocol``):
 Grids (``--grids``, default all):
 
 - ``metrics``: each metric alone (``--estimator none``: random, magnitude, taylor) at 30 / 50 %
-  of channels + heads, ``per-type``; ``wanda-sp``: Wanda-sp alone and reinforce from it,
-  the same cells; ``params``: both at 50 % under the ``params`` budget;
-- ``starts``: reinforce from taylor and from random at 50 %;
+  of channels + heads, ``per-type``; ``wanda-sp``: Wanda-sp alone, the same cells;
+  ``reinforce``: reinforce (its defaults) from Wanda-sp at 30 % (at 50 %: ``paper-scaled``,
+  the same method); ``params``: Wanda-sp
+  alone and reinforce at 50 % under the ``params`` budget;
+- ``starts``: reinforce from taylor (the best metric alone here) at 30 %;
 - ``paper``: reinforce with ``--estimator.preset paper`` from Wanda-sp at 50 %;
+  ``paper-scaled``: the same with the learning rate scaled to the run length;
 - ``gumbel``: gumbel from Wanda-sp at 50 %, ``--gumbel-steps`` steps (equal wall time);
 - ``layers``: 25 % of the layers: layerwise-ppl, taylor and random alone, reinforce from
   layerwise-ppl.
@@ -62,14 +65,21 @@ def grids(gumbel_steps: int) -> dict[str, tuple[list[str], bool]]:
     return {
         "metrics": (["--estimator", "none", "--init", "random", "--init", "magnitude",
                      "--init", "taylor", *ch, "--rates", "0.3,0.5", "--budget", "per-type"], False),
-        "wanda-sp": (["--estimator", "none", "--estimator", "reinforce", "--init", "wanda-sp", *ch,
-                      "--rates", "0.3,0.5", "--budget", "per-type"], True),
+        "wanda-sp": (["--estimator", "none", "--init", "wanda-sp", *ch, "--rates", "0.3,0.5",
+                      "--budget", "per-type"], True),
+        "reinforce": (["--estimator", "reinforce", "--init", "wanda-sp", *ch, "--rates", "0.3",
+                       "--budget", "per-type"], True),
         "params": (["--estimator", "none", "--estimator", "reinforce", "--init", "wanda-sp", *ch,
                     "--rates", "0.5", "--budget", "params"], True),
-        "starts": (["--estimator", "reinforce", "--init", "taylor", "--init", "random", *ch,
-                    "--rates", "0.5", "--budget", "per-type"], False),
+        "starts": (["--estimator", "reinforce", "--init", "taylor", *ch,
+                    "--rates", "0.3", "--budget", "per-type"], False),
         "paper": (["--estimator", "reinforce", "--init", "wanda-sp", *ch, "--rates", "0.5",
                    "--budget", "per-type", "--estimator.preset", "paper"], True),
+        # the paper's step with the learning rate scaled to the run length (x15 here): the
+        # reinforce defaults before the pgprune preset
+        "paper-scaled": (["--estimator", "reinforce", "--init", "wanda-sp", *ch, "--rates", "0.5",
+                          "--budget", "per-type", "--estimator.preset", "paper",
+                          "--estimator.scale_lr_to_steps", "true"], True),
         "gumbel": (["--estimator", "gumbel", "--init", "wanda-sp", *ch, "--rates", "0.5",
                     "--budget", "per-type", "--steps", str(gumbel_steps)], True),
         "layers": (["--estimator", "none", "--init", "layerwise-ppl", "--init", "taylor",

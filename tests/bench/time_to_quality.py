@@ -12,7 +12,9 @@ cut out of a fresh copy of the model by the same surgery a run uses, and scored 
         --snapshot-every 100 --windows 400 --work runs/bench-ttq/proxy
 
 ``NAME:STEPS`` gives each estimator its own length (equal wall time rather than equal
-steps); ``--extra`` passes more ``pgprune compare`` options to every grid.  Prints one JSON
+steps); ``--extra`` passes more ``pgprune compare`` options to every grid.  Estimators
+measured by earlier invocations with the same WORK stay in the JSON and the figure, so the
+estimators can run one at a time.  Prints one JSON
 document (per estimator: command and points ``{step, optimize_s, forward_passes,
 backward_passes, ppl}``) and writes ``time_to_quality.png`` (two panels: perplexity against
 optimisation seconds and against forward passes) and ``time_to_quality.json`` into WORK.
@@ -132,14 +134,16 @@ def main() -> None:
         if not Path(path).exists():
             print(json.dumps({"skipped": f"missing benchmark asset: {path}"}))
             return
-    results: dict[str, Any] = {}
+    work = Path(args.work)
+    saved = work / "time_to_quality.json"
+    # estimators measured by earlier invocations in the same WORK stay in the table and plot
+    results: dict[str, Any] = json.loads(saved.read_text()) if saved.exists() else {}
     for spec in args.estimator:
         name, _, steps = spec.partition(":")
         command, cell = run_grid(name, int(steps or 1000), args)
         results[name] = {"command": command, "windows": args.windows,
                          "points": snapshot_points(cell, args.windows)}
-    work = Path(args.work)
-    (work / "time_to_quality.json").write_text(json.dumps(results, indent=1))
+    saved.write_text(json.dumps(results, indent=1))
     plot(results, work / "time_to_quality.png")
     print(json.dumps(results, indent=1))
 
