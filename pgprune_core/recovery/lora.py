@@ -8,6 +8,7 @@ named one by one (full module names) so that peft touches nothing else.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -86,7 +87,10 @@ def attach(model: nn.Module, lora: LoraSection, targets: list[str]) -> Any:
     peft = require_peft()
     config = peft.LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
                              target_modules=list(targets), bias="none", task_type="CAUSAL_LM")
-    return peft.get_peft_model(model, config)
+    with warnings.catch_warnings():
+        # peft asks transformers' deprecated is_gradient_checkpointing
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        return peft.get_peft_model(model, config)
 
 
 def adapter_state(peft_model: Any) -> dict[str, Any]:
