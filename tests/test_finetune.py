@@ -270,3 +270,20 @@ def test_dry_run_prints_the_located_model(assets, tmp_path, no_loading):
                     "--out", str(tmp_path / "ft"), "--objective", "kl", "--dry-run")
     assert result.exit_code == 0, result.output
     assert "format: pgprune" in result.output and str(assets["model"]) in result.output
+
+
+def test_every_finetune_key_is_documented_with_its_default():
+    import re
+
+    import yaml
+
+    from pgprune_core.recovery.config import FinetuneConfig
+
+    text = (Path(__file__).resolve().parent.parent / "docs" / "finetune.md").read_text()
+    rows = {m.group(1): m.group(2) for m in
+            re.finditer(r"^\| `([a-z_]+\.[a-z_]+)` \|[^\n]*?\| `([^`]*)` \|", text, re.M)}
+    defaults = json.loads(FinetuneConfig().model_dump_json())
+    for section, keys in defaults.items():
+        for key, value in keys.items():
+            assert f"{section}.{key}" in rows, f"{section}.{key}: no row in docs/finetune.md"
+            assert yaml.safe_load(rows[f"{section}.{key}"]) == value, f"{section}.{key}"

@@ -40,8 +40,11 @@ def finetune(
     --training.lr 1e-4 --training.batch_size 8 --data.seq_len 256.
     """
     from pgprune_core.recovery.config import dump_finetune, resolve_finetune
+    from pgprune_core.recovery.lora import require_peft
     from pgprune_core.recovery.pipeline import configure, preflight, run_finetune
     from pgprune_core.report.progress import RichReporter
+
+    require_peft()  # first: without it nothing else matters
 
     flags = {"data.train_file": train_file, "output.dir": out, "training.steps": steps,
              "training.epochs": epochs, "objective.name": objective, "model.teacher": teacher,

@@ -148,7 +148,7 @@ def measure(config: FinetuneConfig, model: Any, tokenizer: Any, label: str,
         return metrics
     registry = get_registry()
     cls = registry.cls("evaluator", "perplexity")
-    evaluator = cls(cls.Config(max_windows=config.evaluation.max_windows))
+    evaluator = cls(cls.Config.model_validate({"max_windows": config.evaluation.max_windows}))
     datasets = eval_sources(DataSection(eval=[], eval_files=list(config.data.eval_files),
                                         cache_dir=config.data.cache_dir))
     reporter.phase(f"measuring the {label} model: perplexity")
