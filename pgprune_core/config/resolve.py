@@ -192,6 +192,30 @@ def format_validation_error(exc: ValidationError, data: Mapping[str, Any],
     return "invalid config: " + "; ".join(messages)
 
 
+def merge_file(data: dict[str, Any], loaded: Mapping[str, Any]) -> None:
+    """Lay a config file's sections over ``data`` (in place): a section's keys replace
+    those of the same name; selecting another plugin drops the previous one's options."""
+    for section, value in loaded.items():
+        if (
+            section in PLUGIN_SECTIONS
+            and isinstance(value, dict)
+            and isinstance(data.get(section), dict)
+            and value.get("name", data[section].get("name")) != data[section].get("name")
+        ):
+            data[section] = {}
+        if isinstance(value, dict) and isinstance(data.get(section), dict):
+            data[section] = {**data[section], **value}
+        else:
+            data[section] = value
+
+
+def merge_flags(data: dict[str, Any], flags: Mapping[str, Any] | None,
+                overrides: Mapping[str, Any] | None) -> dict[str, Any]:
+    """``data`` with the flags that were given (not None), then the dotted overrides."""
+    data = merge(data, {k: v for k, v in (flags or {}).items() if v is not None})
+    return merge(data, overrides or {})
+
+
 def resolve_config(
     file: str | Path | None = None,
     flags: Mapping[str, Any] | None = None,
@@ -209,20 +233,8 @@ def resolve_config(
         loaded = load_config_file(file)
         explicit_eval = explicit_eval or (isinstance(loaded.get("data"), dict)
                                           and "eval" in loaded["data"])
-        for section, value in loaded.items():
-            if (
-                section in PLUGIN_SECTIONS
-                and isinstance(value, dict)
-                and isinstance(data.get(section), dict)
-                and value.get("name", data[section].get("name")) != data[section].get("name")
-            ):
-                data[section] = {}
-            if isinstance(value, dict) and isinstance(data.get(section), dict):
-                data[section] = {**data[section], **value}
-            else:
-                data[section] = value
-    data = merge(data, {k: v for k, v in (flags or {}).items() if v is not None})
-    data = merge(data, overrides or {})
+        merge_file(data, loaded)
+    data = merge_flags(data, flags, overrides)
     output, pruning = data.get("output"), data.setdefault("pruning", {})
     if isinstance(output, dict) and output.get("format") == "hf" and isinstance(pruning, dict):
         # a vanilla transformers config has one shape for every layer

@@ -19,7 +19,12 @@ from typing import Any, Literal
 import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
 
-from pgprune_core.config.resolve import format_validation_error, load_config_file, merge
+from pgprune_core.config.resolve import (
+    format_validation_error,
+    load_config_file,
+    merge_file,
+    merge_flags,
+)
 from pgprune_core.config.sections import DtypeName, ModelSection, Section
 from pgprune_core.errors import ConfigError
 
@@ -178,14 +183,8 @@ def resolve_finetune(file: str | Path | None = None, flags: Mapping[str, Any] | 
     """Defaults < file < flags < dotted overrides, validated."""
     data: dict[str, Any] = json.loads(FinetuneConfig().model_dump_json())
     if file is not None:
-        for section, value in load_config_file(file).items():
-            if isinstance(value, dict) and isinstance(data.get(section), dict):
-                data[section] = {**data[section], **value}
-            else:
-                data[section] = value
-    data = merge(data, {k: v for k, v in (flags or {}).items() if v is not None})
-    data = merge(data, overrides or {})
-    return validate_finetune(data)
+        merge_file(data, load_config_file(file))
+    return validate_finetune(merge_flags(data, flags, overrides))
 
 
 def dump_finetune(config: FinetuneConfig) -> str:

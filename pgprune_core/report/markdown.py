@@ -193,6 +193,16 @@ def _duration(seconds: float) -> str:
     return f"{seconds / 3600:.2f} h"
 
 
+def _cost_rows(run: Mapping[str, Any], loop_key: str, loop_label: str) -> list[tuple[str, str]]:
+    """Time in the loop, wall time and peak memory."""
+    rows = [(label, _duration(float(run[key])))
+            for key, label in ((loop_key, loop_label), ("wall_s", "wall time")) if key in run]
+    if "peak_memory_bytes" in run:
+        method = f" ({run['peak_memory_method']})" if run.get("peak_memory_method") else ""
+        rows.append(("peak memory", f"{run['peak_memory_bytes'] / 2**30:.2f} GiB{method}"))
+    return rows
+
+
 def _run_rows(run: Mapping[str, Any]) -> list[tuple[str, str]]:
     rows: list[tuple[str, str]] = []
     labels = {
@@ -202,12 +212,7 @@ def _run_rows(run: Mapping[str, Any]) -> list[tuple[str, str]]:
     for key, label in labels.items():
         if key in run:
             rows.append((label, f"{run[key]:,}"))
-    for key, label in (("optimize_s", "time in the optimisation loop"), ("wall_s", "wall time")):
-        if key in run:
-            rows.append((label, _duration(float(run[key]))))
-    if "peak_memory_bytes" in run:
-        method = f" ({run['peak_memory_method']})" if run.get("peak_memory_method") else ""
-        rows.append(("peak memory", f"{run['peak_memory_bytes'] / 2**30:.2f} GiB{method}"))
+    rows += _cost_rows(run, "optimize_s", "time in the optimisation loop")
     for key in ("device", "adapter", "estimator", "init", "seed"):
         if key in run:
             rows.append((key, str(run[key])))
@@ -308,12 +313,7 @@ def _finetune_rows(run: Mapping[str, Any]) -> list[tuple[str, str]]:
         else:
             text = str(value)
         rows.append((label, text))
-    for key, label in (("train_s", "time in the training loop"), ("wall_s", "wall time")):
-        if key in run:
-            rows.append((label, _duration(float(run[key]))))
-    if "peak_memory_bytes" in run:
-        method = f" ({run['peak_memory_method']})" if run.get("peak_memory_method") else ""
-        rows.append(("peak memory", f"{run['peak_memory_bytes'] / 2**30:.2f} GiB{method}"))
+    rows += _cost_rows(run, "train_s", "time in the training loop")
     for key in ("device", "format", "teacher", "seed"):
         if run.get(key) is not None:
             rows.append((key, str(run[key])))
