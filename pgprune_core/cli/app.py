@@ -57,7 +57,15 @@ class PgpruneGroup(TyperGroup):
 
 def build_app() -> typer.Typer:
     """A fresh ``pgprune`` app with the built-in commands and every plugin's commands."""
-    from pgprune_core.cli import config_cmd, eval_cmd, export_cmd, plugins_cmd, resume_cmd, run_cmd
+    from pgprune_core.cli import (
+        config_cmd,
+        eval_cmd,
+        export_cmd,
+        finetune_cmd,
+        plugins_cmd,
+        resume_cmd,
+        run_cmd,
+    )
 
     app = typer.Typer(
         cls=PgpruneGroup,
@@ -70,7 +78,7 @@ def build_app() -> typer.Typer:
         context_settings=HELP_CONTEXT,
     )
     app.callback()(_root)
-    for module in (run_cmd, resume_cmd, eval_cmd, export_cmd, plugins_cmd, config_cmd):
+    for module in (run_cmd, resume_cmd, finetune_cmd, eval_cmd, export_cmd, plugins_cmd, config_cmd):
         module.register(app)
     registry = get_registry()
     registry.register_commands(app)

@@ -26,8 +26,8 @@ def export(
 ) -> None:
     """Write the pruned model as hf (a vanilla transformers class, uniform shapes only),
     decilm (NVIDIA Nemotron-NAS DeciLMForCausalLM: vLLM, SGLang) or pgprune."""
-    from pgprune_core.cli.eval_cmd import model_directory, saved_by_pgprune
     from pgprune_core.model.export import export_directory
+    from pgprune_core.run.loading import model_directory, saved_by_pgprune
 
     directory = model_directory(source)
     if directory is None:

@@ -144,12 +144,13 @@ def _check_plugin_names(data: dict[str, Any], registry: Registry) -> None:
         registry.get("adapter", str(model["adapter"]))
 
 
-def _known_keys(section: list[str], data: Mapping[str, Any], registry: Registry | None) -> list[str]:
-    """The keys a (possibly nested) section accepts, for a "did you mean"."""
+def _known_keys(section: list[str], data: Mapping[str, Any], registry: Registry | None,
+                root: Any = RunConfig) -> list[str]:
+    """The keys a (possibly nested) section of ``root`` accepts, for a "did you mean"."""
     from pydantic import BaseModel
 
     if not section:
-        return list(RunConfig.model_fields)
+        return list(root.model_fields)
     if len(section) == 1 and section[0] in PLUGIN_SECTIONS and registry is not None:
         value = data.get(section[0])
         name = value.get("name") if isinstance(value, dict) else None
@@ -158,7 +159,7 @@ def _known_keys(section: list[str], data: Mapping[str, Any], registry: Registry 
         except Exception:
             return []
     if len(section) == 1:
-        field = RunConfig.model_fields.get(section[0])
+        field = root.model_fields.get(section[0])
         annotation = field.annotation if field is not None else None
         if isinstance(annotation, type) and issubclass(annotation, BaseModel):
             return list(annotation.model_fields)
@@ -166,8 +167,9 @@ def _known_keys(section: list[str], data: Mapping[str, Any], registry: Registry 
 
 
 def format_validation_error(exc: ValidationError, data: Mapping[str, Any],
-                            registry: Registry | None = None) -> str:
-    """One readable line for the first problem pydantic found."""
+                            registry: Registry | None = None, root: Any = RunConfig) -> str:
+    """One readable line for the first problem pydantic found (``root``: the model that
+    was validated, for the keys a "did you mean" suggests)."""
     messages = []
     for error in exc.errors()[:3]:
         loc = [str(part) for part in error["loc"]]
@@ -180,7 +182,7 @@ def format_validation_error(exc: ValidationError, data: Mapping[str, Any],
             loc.pop(3)
         if error["type"] == "extra_forbidden":
             section = ".".join(loc[:-1]) or "top level"
-            hint = did_you_mean(loc[-1], _known_keys(loc[:-1], data, registry))
+            hint = did_you_mean(loc[-1], _known_keys(loc[:-1], data, registry, root))
             messages.append(f"unknown key {loc[-1]!r} in section '{section}'{hint}")
             continue
         message = error["msg"]
@@ -188,6 +190,30 @@ def format_validation_error(exc: ValidationError, data: Mapping[str, Any],
             message = message[len("Value error, ") :]
         messages.append(f"{'.'.join(loc) or 'config'}: {message}")
     return "invalid config: " + "; ".join(messages)
+
+
+def merge_file(data: dict[str, Any], loaded: Mapping[str, Any]) -> None:
+    """Lay a config file's sections over ``data`` (in place): a section's keys replace
+    those of the same name; selecting another plugin drops the previous one's options."""
+    for section, value in loaded.items():
+        if (
+            section in PLUGIN_SECTIONS
+            and isinstance(value, dict)
+            and isinstance(data.get(section), dict)
+            and value.get("name", data[section].get("name")) != data[section].get("name")
+        ):
+            data[section] = {}
+        if isinstance(value, dict) and isinstance(data.get(section), dict):
+            data[section] = {**data[section], **value}
+        else:
+            data[section] = value
+
+
+def merge_flags(data: dict[str, Any], flags: Mapping[str, Any] | None,
+                overrides: Mapping[str, Any] | None) -> dict[str, Any]:
+    """``data`` with the flags that were given (not None), then the dotted overrides."""
+    data = merge(data, {k: v for k, v in (flags or {}).items() if v is not None})
+    return merge(data, overrides or {})
 
 
 def resolve_config(
@@ -207,20 +233,8 @@ def resolve_config(
         loaded = load_config_file(file)
         explicit_eval = explicit_eval or (isinstance(loaded.get("data"), dict)
                                           and "eval" in loaded["data"])
-        for section, value in loaded.items():
-            if (
-                section in PLUGIN_SECTIONS
-                and isinstance(value, dict)
-                and isinstance(data.get(section), dict)
-                and value.get("name", data[section].get("name")) != data[section].get("name")
-            ):
-                data[section] = {}
-            if isinstance(value, dict) and isinstance(data.get(section), dict):
-                data[section] = {**data[section], **value}
-            else:
-                data[section] = value
-    data = merge(data, {k: v for k, v in (flags or {}).items() if v is not None})
-    data = merge(data, overrides or {})
+        merge_file(data, loaded)
+    data = merge_flags(data, flags, overrides)
     output, pruning = data.get("output"), data.setdefault("pruning", {})
     if isinstance(output, dict) and output.get("format") == "hf" and isinstance(pruning, dict):
         # a vanilla transformers config has one shape for every layer

@@ -300,12 +300,17 @@ def _export_decilm(model: nn.Module, tokenizer: Any, target: Path, structure: Mo
     with atomic_dir(target) as tmp:
         params = _save_with_weights(_meta_model(decilm_modeling.DeciLMForCausalLM, config),
                                     state, tmp, tokenizer)
-        shutil.copyfile(decilm_modeling.__file__, tmp / DECILM_MODELING_FILE)
-        config_file = tmp / "config.json"
-        written = json.loads(config_file.read_text(encoding="utf-8"))
-        written["auto_map"] = dict(DECILM_AUTO_MAP)
-        config_file.write_text(json.dumps(written, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+        _add_decilm_files(tmp)
     return ExportResult(target, "decilm", params, notes)
+
+
+def _add_decilm_files(tmp: Path) -> None:
+    """The modeling code beside a saved DeciLM directory, and ``auto_map`` pointing at it."""
+    shutil.copyfile(decilm_modeling.__file__, tmp / DECILM_MODELING_FILE)
+    config_file = tmp / "config.json"
+    written = json.loads(config_file.read_text(encoding="utf-8"))
+    written["auto_map"] = dict(DECILM_AUTO_MAP)
+    config_file.write_text(json.dumps(written, indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
 
 def export_pruned(model: nn.Module, tokenizer: Any, path: str | Path, fmt: str, *,
@@ -330,6 +335,30 @@ def export_pruned(model: nn.Module, tokenizer: Any, path: str | Path, fmt: str, 
     if fmt == "hf":
         return _export_hf(model, tokenizer, target, structure, base_class)
     return _export_decilm(model, tokenizer, target, structure, base_class)
+
+
+def save_in_format(model: nn.Module, tokenizer: Any, path: str | Path, fmt: str, *,
+                   extra: Mapping[str, Any] | None = None) -> ExportResult:
+    """Write a model loaded from a directory of format ``fmt`` (``load_pruned``,
+    ``load_decilm`` or a plain transformers class), with its weights changed, back in that
+    format: what the same loader reads.  ``extra`` joins a pgprune model's ``extra``."""
+    target = Path(path)
+    if fmt == "pgprune":
+        section = getattr(model.config, SECTION)
+        save_pruned(model, tokenizer, target, adapter_name=section["adapter"],
+                    base_model=section.get("base_model", ""),
+                    extra={**(section.get("extra") or {}), **(extra or {})})
+        return ExportResult(target, fmt, sum(p.numel() for p in model.parameters()))
+    if fmt not in EXPORT_FORMATS:
+        raise ExportError(f"unknown format {fmt!r}; choose one of {', '.join(EXPORT_FORMATS)}")
+    _check_target(target)
+    with atomic_dir(target) as tmp:
+        cast(Any, model).save_pretrained(tmp)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp)
+        if fmt == "decilm":
+            _add_decilm_files(tmp)
+    return ExportResult(target, fmt, sum(p.numel() for p in model.parameters()))
 
 
 def export_directory(source: str | Path, path: str | Path, fmt: str) -> ExportResult:

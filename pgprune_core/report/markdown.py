@@ -193,6 +193,16 @@ def _duration(seconds: float) -> str:
     return f"{seconds / 3600:.2f} h"
 
 
+def _cost_rows(run: Mapping[str, Any], loop_key: str, loop_label: str) -> list[tuple[str, str]]:
+    """Time in the loop, wall time and peak memory."""
+    rows = [(label, _duration(float(run[key])))
+            for key, label in ((loop_key, loop_label), ("wall_s", "wall time")) if key in run]
+    if "peak_memory_bytes" in run:
+        method = f" ({run['peak_memory_method']})" if run.get("peak_memory_method") else ""
+        rows.append(("peak memory", f"{run['peak_memory_bytes'] / 2**30:.2f} GiB{method}"))
+    return rows
+
+
 def _run_rows(run: Mapping[str, Any]) -> list[tuple[str, str]]:
     rows: list[tuple[str, str]] = []
     labels = {
@@ -202,12 +212,7 @@ def _run_rows(run: Mapping[str, Any]) -> list[tuple[str, str]]:
     for key, label in labels.items():
         if key in run:
             rows.append((label, f"{run[key]:,}"))
-    for key, label in (("optimize_s", "time in the optimisation loop"), ("wall_s", "wall time")):
-        if key in run:
-            rows.append((label, _duration(float(run[key]))))
-    if "peak_memory_bytes" in run:
-        method = f" ({run['peak_memory_method']})" if run.get("peak_memory_method") else ""
-        rows.append(("peak memory", f"{run['peak_memory_bytes'] / 2**30:.2f} GiB{method}"))
+    rows += _cost_rows(run, "optimize_s", "time in the optimisation loop")
     for key in ("device", "adapter", "estimator", "init", "seed"):
         if key in run:
             rows.append((key, str(run[key])))
@@ -285,4 +290,59 @@ def render_report(metrics: Mapping[str, Any], config: Any = None,
                   "", "The full configuration is in `config.yaml`.", ""]
     for alt, rel in images:
         parts += [f"![{alt}]({rel})", ""]
+    return "\n".join(parts)
+
+
+def _finetune_rows(run: Mapping[str, Any]) -> list[tuple[str, str]]:
+    rows: list[tuple[str, str]] = []
+    labels = (("steps", "optimiser steps"), ("examples", "training examples"),
+              ("data_format", "training data"), ("tokens_seen", "target tokens seen"),
+              ("objective", "objective"), ("trainable_params", "trainable (LoRA) parameters"),
+              ("target_modules", "adapted modules"), ("first_loss", "training loss, first step"),
+              ("last_loss", "training loss, last step"))
+    for key, label in labels:
+        value = run.get(key)
+        if value is None:
+            continue
+        if isinstance(value, float):
+            text = f"{value:.4f}"
+        elif isinstance(value, int):
+            text = f"{value:,}"
+        elif isinstance(value, list):
+            text = ", ".join(map(str, value))
+        else:
+            text = str(value)
+        rows.append((label, text))
+    rows += _cost_rows(run, "train_s", "time in the training loop")
+    for key in ("device", "format", "teacher", "seed"):
+        if run.get(key) is not None:
+            rows.append((key, str(run[key])))
+    return rows
+
+
+def render_finetune_report(metrics: Mapping[str, Any], config_text: str = "",
+                           images: Sequence[tuple[str, str]] = ()) -> str:
+    """The markdown text of a fine-tune's ``report.md``: before / after (and the dense
+    teacher when it was measured), the training run, the configuration."""
+    named = [(name, metrics.get(key) or {}) for name, key in
+             (("dense (teacher)", "teacher"), ("pruned, before", "before"),
+              ("pruned, after", "after"))]
+    named = [(name, side) for name, side in named if side]
+    parts = ["# pgprune recovery fine-tuning", ""]
+    before, after = metrics.get("before") or {}, metrics.get("after") or {}
+    if named:
+        rows = [[r.label, *r.values] for r in comparison_rows([s for _, s in named])]
+        if before and after:
+            pairs = {r.label: r.ratio for r in comparison_rows([before, after])}
+            rows = [[*row, pairs.get(row[0], "")] for row in rows]
+        header = ["metric", *[n for n, _ in named]] + (["after / before"] if before and after else [])
+        parts += ["## Before vs after", "", markdown_table(header, rows), ""]
+        parts += _perplexity_basis([s for _, s in named])
+    run = metrics.get("finetune") or {}
+    if run:
+        parts += ["## Fine-tuning", "", markdown_table(["", "value"], _finetune_rows(run), numeric=False), ""]
+    for alt, rel in images:
+        parts += [f"![{alt}]({rel})", ""]
+    if config_text:
+        parts += ["## Configuration", "", "```yaml", config_text.rstrip(), "```", ""]
     return "\n".join(parts)

@@ -126,7 +126,8 @@ def _series(records: Sequence[dict[str, Any]], key: str) -> tuple[list[float], l
     return [p[0] for p in pairs], [p[1] for p in pairs]
 
 
-def plot_loss(metrics_log: str | Path, path: str | Path, title: str | None = None) -> Path:
+def plot_loss(metrics_log: str | Path, path: str | Path, title: str | None = None,
+              loss_label: str = "loss of sampled masks") -> Path:
     """``loss.png`` from ``metrics.jsonl``: the sampled masks' loss and the moving-average
     baseline (top), the expected fraction of units kept and the learning rate (bottom).
     Stage changes (Random-Progressive rates) are marked with dotted lines."""
@@ -136,7 +137,7 @@ def plot_loss(metrics_log: str | Path, path: str | Path, title: str | None = Non
     fig, (top, bottom) = _figure(2, 1, figsize=(7.5, 5.2), sharex=True,
                                  gridspec_kw={"height_ratios": [3, 2]})
     steps, loss = _series(records, "loss")
-    top.plot(steps, loss, color="#1f77b4", lw=1, alpha=0.8, label="loss of sampled masks")
+    top.plot(steps, loss, color="#1f77b4", lw=1, alpha=0.8, label=loss_label)
     b_steps, baseline = _series(records, "baseline")
     if baseline:
         top.plot(b_steps, baseline, color="#d62728", lw=1.5, label="baseline")

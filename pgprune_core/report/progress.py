@@ -115,7 +115,10 @@ class RichReporter:
         parts = [f"loss {loss:.4f}" if loss is not None else "loss nan (skipped)"]
         if stats.get("baseline") is not None:
             parts.append(f"baseline {stats['baseline']:.4f}")
-        parts.append(f"kept {stats['expected_kept']:.3f}")
+        if stats.get("expected_kept") is not None:
+            parts.append(f"kept {stats['expected_kept']:.3f}")
+        if stats.get("lr") is not None:
+            parts.append(f"lr {stats['lr']:.2e}")
         self._loop.update(self._task, completed=step, stats="  ".join(parts))
         speed = self._loop.tasks[0].speed
         self._loop.update(self._task, rate=f"{speed:.2f} steps/s" if speed else "")

@@ -32,6 +32,7 @@ from pgprune_core.report.plots import plot_loss, plot_sparsity
 from pgprune_core.run.artifacts import atomic_path, atomic_write_json, atomic_write_text
 
 FORMAT = "pgprune-run/1"
+FINETUNE_FORMAT = "pgprune-finetune/1"
 
 
 #: settings of how a run executes, not of what it learns: they may differ on resume (say, on
@@ -61,8 +62,106 @@ def config_digest(config: RunConfig) -> str:
 
 
 @dataclass(frozen=True)
-class RunDir:
+class _Directory:
+    """What a run directory and a fine-tune directory share: the marker with its status,
+    ``config.yaml``, the log ``metrics.jsonl``, the results ``metrics.json``, ``report.md``,
+    ``loss.png`` and ``model/``."""
+
     path: Path
+
+    #: the ``format`` field of the marker
+    FORMAT = FORMAT
+
+    @property
+    def marker(self) -> Path:
+        raise NotImplementedError
+
+    @property
+    def config(self) -> Path:
+        return self.path / "config.yaml"
+
+    @property
+    def metrics_log(self) -> Path:
+        return self.path / "metrics.jsonl"
+
+    @property
+    def model(self) -> Path:
+        return self.path / "model"
+
+    @property
+    def metrics(self) -> Path:
+        return self.path / "metrics.json"
+
+    @property
+    def report(self) -> Path:
+        return self.path / "report.md"
+
+    @property
+    def loss_plot(self) -> Path:
+        return self.path / "loss.png"
+
+    def write_marker(self, **fields: Any) -> None:
+        data = self.read_marker() if self.marker.exists() else {
+            "format": self.FORMAT, "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
+        from pgprune_core import __version__
+
+        data.update(fields, pgprune_version=__version__)
+        atomic_write_json(self.marker, data)
+
+    def mark_status(self, status: str, wall_s: float) -> None:
+        """Record how a session ended (``failed``, ``interrupted``) and the wall time so
+        far; ``pgprune resume`` accepts any status but ``done``."""
+        if self.marker.exists():
+            self.write_marker(status=status, wall_s=round(wall_s, 3),
+                              ended=time.strftime("%Y-%m-%dT%H:%M:%S"))
+
+    def read_marker(self) -> dict[str, Any]:
+        try:
+            data = json.loads(self.marker.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise RunDirError(f"{self.marker} is unreadable or corrupt: {exc}") from None
+        if not isinstance(data, dict) or data.get("format") != self.FORMAT:
+            raise RunDirError(f"{self.marker} is not a {self.FORMAT} marker")
+        return data
+
+    def truncate_log(self, last_step: int) -> None:
+        """Drop ``metrics.jsonl`` records written after the checkpoint we resume from."""
+        if not self.metrics_log.exists():
+            return
+        kept = []
+        for line in self.metrics_log.read_text(encoding="utf-8").splitlines():
+            try:
+                if json.loads(line).get("step", 0) <= last_step:
+                    kept.append(line)
+            except ValueError:
+                break  # a torn last line from a kill
+        atomic_write_text(self.metrics_log, "".join(f"{line}\n" for line in kept))
+
+    def read_json(self, path: Path) -> Any:
+        try:
+            return json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise RunDirError(f"{path} is unreadable or corrupt: {exc}") from None
+
+    def append_record(self, record: dict[str, Any]) -> None:
+        """One line of ``metrics.jsonl`` (the loop's log; a torn last line is dropped on
+        resume by :meth:`truncate_log`)."""
+        with self.metrics_log.open("a", encoding="utf-8") as handle:
+            handle.write(json.dumps(record) + "\n")
+
+    def clear_log(self) -> None:
+        self.metrics_log.unlink(missing_ok=True)
+
+    def write_metrics(self, metrics: dict[str, Any]) -> None:
+        atomic_write_json(self.metrics, metrics)
+
+    def read_metrics(self) -> dict[str, Any]:
+        return self.read_json(self.metrics)
+
+
+@dataclass(frozen=True)
+class RunDir(_Directory):
+    """A pruning run's directory (``pgprune run``)."""
 
     # files
     @property
@@ -70,16 +169,8 @@ class RunDir:
         return self.path / "run.json"
 
     @property
-    def config(self) -> Path:
-        return self.path / "config.yaml"
-
-    @property
     def checkpoint(self) -> Path:
         return self.path / "policy.pt"
-
-    @property
-    def metrics_log(self) -> Path:
-        return self.path / "metrics.jsonl"
 
     @property
     def dense_metrics(self) -> Path:
@@ -100,24 +191,8 @@ class RunDir:
         return self.path / "snapshots"
 
     @property
-    def model(self) -> Path:
-        return self.path / "model"
-
-    @property
-    def metrics(self) -> Path:
-        return self.path / "metrics.json"
-
-    @property
-    def report(self) -> Path:
-        return self.path / "report.md"
-
-    @property
     def sparsity_plot(self) -> Path:
         return self.path / "sparsity.png"
-
-    @property
-    def loss_plot(self) -> Path:
-        return self.path / "loss.png"
 
     # lifecycle
     def create(self, config: RunConfig, *, overwrite: bool) -> None:
@@ -140,30 +215,6 @@ class RunDir:
         atomic_write_text(self.config, dump_config(config))
         self.write_marker(status="running", digest=config_digest(config), wall_s=0.0)
 
-    def write_marker(self, **fields: Any) -> None:
-        data = self.read_marker() if self.marker.exists() else {
-            "format": FORMAT, "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
-        from pgprune_core import __version__
-
-        data.update(fields, pgprune_version=__version__)
-        atomic_write_json(self.marker, data)
-
-    def mark_status(self, status: str, wall_s: float) -> None:
-        """Record how a session ended (``failed``, ``interrupted``) and the run's wall time
-        so far; ``pgprune resume`` accepts any status but ``done``."""
-        if self.marker.exists():
-            self.write_marker(status=status, wall_s=round(wall_s, 3),
-                              ended=time.strftime("%Y-%m-%dT%H:%M:%S"))
-
-    def read_marker(self) -> dict[str, Any]:
-        try:
-            data = json.loads(self.marker.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as exc:
-            raise RunDirError(f"{self.marker} is unreadable or corrupt: {exc}") from None
-        if not isinstance(data, dict) or data.get("format") != FORMAT:
-            raise RunDirError(f"{self.marker} is not a {FORMAT} marker")
-        return data
-
     def load_config(self) -> RunConfig:
         """The configuration a run was started with (for resume)."""
         if not self.path.is_dir():
@@ -181,26 +232,7 @@ class RunDir:
             )
         return config
 
-    def truncate_log(self, last_step: int) -> None:
-        """Drop ``metrics.jsonl`` records written after the checkpoint we resume from."""
-        if not self.metrics_log.exists():
-            return
-        kept = []
-        for line in self.metrics_log.read_text(encoding="utf-8").splitlines():
-            try:
-                if json.loads(line).get("step", 0) <= last_step:
-                    kept.append(line)
-            except ValueError:
-                break  # a torn last line from a kill
-        atomic_write_text(self.metrics_log, "".join(f"{line}\n" for line in kept))
-
     # what the phases save and read back
-    def read_json(self, path: Path) -> Any:
-        try:
-            return json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as exc:
-            raise RunDirError(f"{path} is unreadable or corrupt: {exc}") from None
-
     def write_dense(self, dense: dict[str, Any]) -> None:
         atomic_write_json(self.dense_metrics, dense)
 
@@ -262,24 +294,9 @@ class RunDir:
             out.append((payload["probs"], payload["record"]))
         return out
 
-    def append_record(self, record: dict[str, Any]) -> None:
-        """One line of ``metrics.jsonl`` (the loop's log; a torn last line is dropped on
-        resume by :meth:`truncate_log`)."""
-        with self.metrics_log.open("a", encoding="utf-8") as handle:
-            handle.write(json.dumps(record) + "\n")
-
-    def clear_log(self) -> None:
-        self.metrics_log.unlink(missing_ok=True)
-
     # results
     def write_masks(self, masks: dict[str, Any]) -> None:
         atomic_write_json(self.masks, masks)
-
-    def write_metrics(self, metrics: dict[str, Any]) -> None:
-        atomic_write_json(self.metrics, metrics)
-
-    def read_metrics(self) -> dict[str, Any]:
-        return self.read_json(self.metrics)
 
     def save_model(self, model: Any, tokenizer: Any, fmt: str = "pgprune", **metadata: Any) -> ExportResult:
         """The pruned model under ``model/``, in ``fmt`` (see
@@ -302,3 +319,111 @@ class RunDir:
                     ("optimisation", self.loss_plot))
         images = [(alt, file.name) for alt, file in pictures if file.exists()]
         return atomic_write_text(self.report, render_report(metrics, config, images))
+
+
+@dataclass(frozen=True)
+class FinetuneDir(_Directory):
+    """A recovery fine-tune's directory (``pgprune finetune``): ``finetune.json`` (marker),
+    ``config.yaml``, ``trainer.pt`` (adapters, optimiser, scheduler, generator state, data
+    position), ``metrics.jsonl``, ``before.json`` (the metrics before training),
+    ``metrics.json``, ``report.md``, ``loss.png``, ``model/`` (the adapters merged, in the
+    input model's format) and ``adapter/`` (the unmerged adapters, peft's files)."""
+
+    FORMAT = FINETUNE_FORMAT
+
+    @property
+    def marker(self) -> Path:
+        return self.path / "finetune.json"
+
+    @property
+    def checkpoint(self) -> Path:
+        return self.path / "trainer.pt"
+
+    @property
+    def before(self) -> Path:
+        return self.path / "before.json"
+
+    @property
+    def adapter(self) -> Path:
+        return self.path / "adapter"
+
+    def is_finetune(self) -> bool:
+        return self.marker.is_file()
+
+    def create(self, config_text: str, digest: str, *, overwrite: bool) -> None:
+        """Start a fine-tune here (``config_text``: its resolved ``config.yaml``)."""
+        if self.marker.exists() and not overwrite:
+            raise RunDirError(f"{self.path} already holds a fine-tune; continue it with "
+                              f"`pgprune resume {self.path}` or pass --output.overwrite true")
+        if self.path.exists() and not self.marker.exists() and any(self.path.iterdir()) \
+                and not overwrite:
+            raise RunDirError(f"{self.path} exists and is not empty; choose another --out")
+        self.path.mkdir(parents=True, exist_ok=True)
+        for stale in (self.checkpoint, self.metrics_log, self.before, self.metrics):
+            stale.unlink(missing_ok=True)
+        atomic_write_text(self.config, config_text)
+        self.write_marker(status="running", digest=digest, wall_s=0.0)
+
+    def config_data(self) -> dict[str, Any]:
+        """The fine-tune's configuration as saved (validated by the caller, who also checks
+        it against the marker's digest)."""
+        if not self.path.is_dir():
+            raise RunDirError(f"no such fine-tune directory: {self.path}")
+        if not self.marker.is_file():
+            raise RunDirError(f"{self.path} is not a pgprune fine-tune directory (no finetune.json)")
+        self.read_marker()
+        if not self.config.is_file():
+            raise RunDirError(f"{self.path} has no config.yaml; it cannot be resumed")
+        return load_config_file(self.config)
+
+    def write_before(self, metrics: dict[str, Any]) -> None:
+        atomic_write_json(self.before, metrics)
+
+    def read_before(self) -> dict[str, Any] | None:
+        return self.read_json(self.before) if self.before.exists() else None
+
+    def save_checkpoint(self, payload: dict[str, Any]) -> None:
+        with atomic_path(self.checkpoint) as tmp:
+            torch.save(payload, tmp)
+
+    def load_checkpoint(self) -> dict[str, Any] | None:
+        """``trainer.pt`` (tensors and plain data only), or None when there is none yet."""
+        if not self.checkpoint.is_file():
+            return None
+        try:
+            payload = torch.load(self.checkpoint, map_location="cpu", weights_only=True)
+        except Exception as exc:
+            raise RunDirError(f"checkpoint {self.checkpoint} is corrupt: {first_line(exc)}") from None
+        if not isinstance(payload, dict) or "step" not in payload:
+            raise RunDirError(f"{self.checkpoint} is not a fine-tune checkpoint")
+        return payload
+
+    def save_model(self, model: Any, tokenizer: Any, fmt: str, **extra: Any) -> ExportResult:
+        """The merged model under ``model/`` in ``fmt`` (the input's format); a previous
+        attempt's is replaced."""
+        from pgprune_core.model.export import save_in_format
+
+        if self.model.exists():
+            shutil.rmtree(self.model)
+        return save_in_format(model, tokenizer, self.model, fmt, extra=extra)
+
+    def save_adapter(self, peft_model: Any) -> Path:
+        """peft's ``save_pretrained`` of the unmerged adapters under ``adapter/``."""
+        from pgprune_core.run.artifacts import atomic_dir
+
+        if self.adapter.exists():
+            shutil.rmtree(self.adapter)
+        with atomic_dir(self.adapter) as tmp:
+            peft_model.save_pretrained(str(tmp))
+        return self.adapter
+
+    def write_loss_plot(self) -> None:
+        if self.metrics_log.exists() and self.metrics_log.stat().st_size:
+            plot_loss(self.metrics_log, self.loss_plot, title="recovery fine-tuning",
+                      loss_label="training loss")
+
+    def write_report(self, metrics: dict[str, Any], config_text: str) -> Path:
+        from pgprune_core.report.markdown import render_finetune_report
+
+        images = [("training loss", self.loss_plot.name)] if self.loss_plot.exists() else []
+        return atomic_write_text(self.report, render_finetune_report(metrics, config_text, images))
