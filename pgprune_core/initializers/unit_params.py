@@ -55,7 +55,7 @@ def _whole(x: torch.Tensor) -> torch.Tensor:
 def unit_slices(site: LayerSite, kind: str) -> list[UnitSlice]:
     """The parameters of one decoder layer that the units of ``kind`` own, with reducers."""
     if kind == "channel":
-        mlp = site.mlp
+        mlp = site.dense_mlp()
         n = mlp.intermediate_size
         slices = [UnitSlice(mlp.gate_proj.weight, _rows(n)), UnitSlice(mlp.up_proj.weight, _rows(n)),
                   UnitSlice(mlp.down_proj.weight, _columns(n))]

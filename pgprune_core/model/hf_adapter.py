@@ -26,6 +26,7 @@ from pgprune_core.model import pruned_modeling
 from pgprune_core.model.pruned_modeling import import_object
 from pgprune_core.model.structure import (
     AttentionSite,
+    ExpertSite,
     LayerSite,
     MlpSite,
     ModelStructure,
@@ -165,12 +166,9 @@ class HFDecoderAdapter(ModelAdapter):
         layers = []
         for index, layer in enumerate(layer_list):
             attention = getattr(layer, names.attention)
-            mlp = getattr(layer, names.mlp)
             q, k, v, o = (getattr(attention, n) for n in
                           (names.q_proj, names.k_proj, names.v_proj, names.o_proj))
             head_dim = int(getattr(attention, "head_dim", None) or default_head_dim)
-            gate, up, down = (getattr(mlp, n) for n in
-                              (names.gate_proj, names.up_proj, names.down_proj))
             layers.append(LayerSite(
                 index=index,
                 module=layer,
@@ -179,9 +177,22 @@ class HFDecoderAdapter(ModelAdapter):
                     n_heads=q.out_features // head_dim, n_kv_heads=k.out_features // head_dim,
                     head_dim=head_dim,
                 ),
-                mlp=MlpSite(layer=index, module=mlp, gate_proj=gate, up_proj=up,
-                            down_proj=down, intermediate_size=gate.out_features),
+                mlp=self.mlp_site(index, layer),
+                experts=self.expert_site(index, layer),
             ))
         return ModelStructure(model=model, layers=layers, layer_list=layer_list,
                               hidden_size=int(config.hidden_size), names=names,
                               architecture=self.name)
+
+    def mlp_site(self, index: int, layer: nn.Module) -> MlpSite | None:
+        """The dense gated MLP of decoder layer ``index`` (``names.mlp``, a path inside the
+        layer), or ``None`` when the layer has none (adapters of sparse models override)."""
+        names = self.names
+        mlp = layer.get_submodule(names.mlp)
+        gate, up, down = (getattr(mlp, n) for n in (names.gate_proj, names.up_proj, names.down_proj))
+        return MlpSite(layer=index, module=mlp, gate_proj=gate, up_proj=up, down_proj=down,
+                       intermediate_size=gate.out_features)
+
+    def expert_site(self, index: int, layer: nn.Module) -> ExpertSite | None:
+        """The routed experts of decoder layer ``index``; ``None`` (dense models)."""
+        return None

@@ -37,6 +37,7 @@ DEFAULT_PLUGINS: dict[str, str] = {
     "builtin-layer": "pgprune_core.model.granularity.layer",
     "builtin-attention": "pgprune_core.model.granularity.attention",
     "builtin-mlp": "pgprune_core.model.granularity.mlp",
+    "builtin-expert": "pgprune_core.model.granularity.expert",
     "builtin-bisection": "pgprune_core.optim.projection",
     "builtin-none": "pgprune_core.optim.no_estimator",
     "builtin-random": "pgprune_core.initializers.random_scores",
@@ -53,7 +54,7 @@ DEFAULT_PLUGINS: dict[str, str] = {
 #: does not remove them, neither by plugin name nor by component name.
 ESSENTIAL_PLUGINS: frozenset[str] = frozenset(
     {"builtin-channel", "builtin-head", "builtin-layer", "builtin-attention", "builtin-mlp",
-     "builtin-bisection"}
+     "builtin-expert", "builtin-bisection"}
 )
 
 

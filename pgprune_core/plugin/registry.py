@@ -45,6 +45,9 @@ PROVIDED_BY: dict[tuple[str, str], str] = {
     ("adapter", "llama"): "pgprune-llama",
     ("adapter", "vicuna"): "pgprune-llama",
     ("adapter", "mistral"): "pgprune-mistral",
+    ("adapter", "mixtral"): "pgprune-mixtral",
+    ("adapter", "qwen2_moe"): "pgprune-qwen-moe",
+    ("adapter", "qwen3_moe"): "pgprune-qwen-moe",
     ("estimator", "reinforce"): "pgprune-reinforce",
     ("estimator", "gumbel"): "pgprune-gumbel",
     ("estimator", "ppo"): "pgprune-ppo",
@@ -52,7 +55,9 @@ PROVIDED_BY: dict[tuple[str, str], str] = {
 }
 
 #: transformers ``model_type`` -> the adapter this project publishes for it
-ADAPTER_FOR_MODEL_TYPE: dict[str, str] = {"llama": "llama", "mistral": "mistral"}
+ADAPTER_FOR_MODEL_TYPE: dict[str, str] = {"llama": "llama", "mistral": "mistral",
+                                          "mixtral": "mixtral", "qwen2_moe": "qwen2_moe",
+                                          "qwen3_moe": "qwen3_moe"}
 
 KINDS: dict[str, tuple[str, type[Plugin]]] = {
     "estimator": ("pgprune_register_estimators", Estimator),
