@@ -46,6 +46,7 @@ DEFAULT_PLUGINS: dict[str, str] = {
     "builtin-wanda-sp": "pgprune_core.initializers.wanda_sp",
     "builtin-layerwise-ppl": "pgprune_core.initializers.layerwise_ppl",
     "builtin-taylor": "pgprune_core.initializers.taylor",
+    "builtin-expert-frequency": "pgprune_core.initializers.expert_frequency",
     "builtin-evaluators": "pgprune_core.evaluation.evaluators",
     "builtin-compare": "pgprune_core.compare.command",
 }

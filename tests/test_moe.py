@@ -1,0 +1,274 @@
+"""The ``expert`` granularity on tiny Mixtral / Qwen2-MoE / Qwen3-MoE models: masked routing
+(per row), surgery, accounting, save / load, generation, the top-k floor of the budget and
+the ``expert-frequency`` initializer against a brute-force count."""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from pgprune_core import load_pruned
+from pgprune_core.errors import ConfigError, ExportError, ModelError
+from pgprune_core.interfaces import InitContext
+from pgprune_core.model.accounting import removed_params
+from pgprune_core.model.export import export_pruned
+from pgprune_core.model.masking import LossOracle, apply_masks
+from pgprune_core.model.structure import UnitLayout
+from pgprune_core.model.surgery import prune_model, save_pruned
+from pgprune_core.optim.budget import Budget
+from pgprune_core.testing import tiny_tokenizer
+from pgprune_core.testing.moe import MOE_ARCHS, tiny_moe_model
+
+ARCHS = list(MOE_ARCHS)
+N_EXPERTS, TOP_K = 8, 2
+
+
+def _setup(registry, arch, kinds=("expert",), **kwargs):
+    model = tiny_moe_model(arch, **kwargs)
+    adapter = registry.cls("adapter", arch)()
+    structure = adapter.describe_model(model)
+    granularities = {kind: registry.cls("granularity", kind)() for kind in kinds}
+    layout = UnitLayout([g.units(structure) for g in granularities.values()])
+    return model, adapter, structure, granularities, layout
+
+
+def _ids(rows=3, length=10, seed=0):
+    return torch.randint(3, 300, (rows, length), generator=torch.Generator().manual_seed(seed))
+
+
+def _random_keep(layout, seed, rate=0.5):
+    """A keep vector over the expert units keeping at least TOP_K experts per layer."""
+    generator = torch.Generator().manual_seed(seed)
+    keep = torch.rand(len(layout), generator=generator) > rate
+    experts = layout["expert"]
+    offset = layout.offsets["expert"].start
+    for layer in experts.layer.unique().tolist():
+        cols = offset + torch.nonzero(experts.layer == layer).flatten()
+        chosen = cols[torch.randperm(cols.numel(), generator=generator)[:TOP_K]]
+        keep[chosen] = True
+    return keep
+
+
+def test_units_one_per_expert_with_its_parameters(registry):
+    model, _, structure, _, layout = _setup(registry, "mixtral")
+    units = layout["expert"]
+    assert len(units) == 2 * N_EXPERTS
+    assert units.min_kept == {0: TOP_K, 1: TOP_K}
+    experts = model.model.layers[0].mlp.experts
+    per_expert = (experts.gate_up_proj[0].numel() + experts.down_proj[0].numel()
+                  + model.config.hidden_size)  # + the router row
+    assert units.cost.tolist() == [per_expert] * (2 * N_EXPERTS)
+    assert structure.layers[0].mlp is None  # Mixtral has no dense MLP
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_all_ones_masks_give_the_dense_logits(registry, arch):
+    model, _, structure, granularities, layout = _setup(registry, arch)
+    ids = _ids()
+    dense = model(ids).logits
+    with apply_masks(structure, layout, granularities, torch.ones(3, len(layout))):
+        masked = model(ids).logits
+    torch.testing.assert_close(masked, dense, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_surgery_gives_the_masked_logits_row_by_row(registry, arch):
+    """One batched forward, a different expert mask per row; each row equals the model cut
+    with that row's mask, and accounting counts what surgery removes."""
+    model, adapter, structure, granularities, layout = _setup(registry, arch)
+    ids = _ids()
+    keeps = torch.stack([_random_keep(layout, seed) for seed in range(3)])
+    assert len({tuple(k.tolist()) for k in keeps}) == 3
+    dense = model(ids).logits
+    with apply_masks(structure, layout, granularities, keeps.float()):
+        masked = model(ids).logits
+    for row in range(3):
+        assert (masked[row] - dense[row]).abs().max() > 1e-3  # the mask matters
+        cut = copy.deepcopy(model)
+        cut_structure = adapter.describe_model(cut)
+        summary = prune_model(cut_structure, layout, granularities, keeps[row])
+        assert summary["params_removed"] == removed_params(layout, keeps[row])
+        counts = [site.experts.n_experts for site in cut_structure.layers]
+        assert counts == [int(keeps[row][l * N_EXPERTS:(l + 1) * N_EXPERTS].sum()) for l in range(2)]
+        torch.testing.assert_close(cut(ids[row:row + 1]).logits[0], masked[row],
+                                   rtol=0, atol=1e-4)
+
+
+def test_masked_routing_renormalises_as_the_router_does(registry):
+    """Qwen with norm_topk_prob=False does not renormalise: the masked forward must not
+    either (the weights of the kept top-k over a softmax of the kept experts)."""
+    for norm in (False, True):
+        model, adapter, structure, granularities, layout = _setup(
+            registry, "qwen2_moe", norm_topk_prob=norm)
+        assert structure.layers[0].experts.renormalise is norm
+        keep = _random_keep(layout, 7)
+        ids = _ids(rows=1)
+        with apply_masks(structure, layout, granularities, keep.float()[None]):
+            masked = model(ids).logits
+        cut = copy.deepcopy(model)
+        prune_model(adapter.describe_model(cut), layout, granularities, keep)
+        torch.testing.assert_close(cut(ids).logits, masked, rtol=0, atol=1e-4)
+
+
+def test_a_row_with_fewer_than_top_k_experts_is_finite(registry):
+    """Sampled masks may keep fewer than top-k experts (or none) of a layer."""
+    model, _, structure, granularities, layout = _setup(registry, "mixtral")
+    masks = torch.ones(3, len(layout))
+    masks[0, :N_EXPERTS - 1] = 0  # one expert left in layer 0
+    masks[1, :N_EXPERTS] = 0  # none left in layer 0
+    masks[2, N_EXPERTS:] = 0  # none left in layer 1
+    with apply_masks(structure, layout, granularities, masks):
+        logits = model(_ids()).logits
+    assert torch.isfinite(logits).all()
+
+
+def test_soft_masks_are_differentiable(registry):
+    model, _, structure, granularities, layout = _setup(registry, "qwen3_moe")
+    oracle = LossOracle(model, structure, layout, granularities)
+    soft = torch.full((2, len(layout)), 0.7, requires_grad=True)
+    oracle.loss(_ids(rows=2), soft).sum().backward()
+    assert soft.grad is not None and torch.isfinite(soft.grad).all() and soft.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_saved_model_loads_both_ways_and_generates(registry, arch, tmp_path):
+    model, adapter, structure, granularities, layout = _setup(registry, arch, kinds=("expert", "head"))
+    keep = _random_keep(layout, 3)
+    prune_model(structure, layout, granularities, keep)
+    tokenizer = tiny_tokenizer(model.config.vocab_size)
+    path = save_pruned(model, tokenizer, tmp_path / "pruned", adapter_name=arch, base_model="tiny")
+    section = json.loads((path / "config.json").read_text())["pgprune"]
+    assert [s["n_experts"] for s in section["layers"]] == [s.experts.n_experts for s in structure.layers]
+    ids = _ids(rows=2, length=6)
+    expected = model(ids).logits
+    greedy = model.generate(ids, max_new_tokens=8, do_sample=False, use_cache=False)
+    for reloaded in (load_pruned(path),
+                     AutoModelForCausalLM.from_pretrained(path, trust_remote_code=True)):
+        assert sum(p.numel() for p in reloaded.parameters()) == sum(p.numel() for p in model.parameters())
+        torch.testing.assert_close(reloaded(ids).logits, expected, rtol=0, atol=1e-5)
+        assert torch.equal(reloaded.generate(ids, max_new_tokens=8, do_sample=False, use_cache=True),
+                           greedy)
+    # a reloaded model is described with its pruned expert counts and prunes further
+    again = adapter.describe_model(load_pruned(path))
+    assert [s.experts.n_experts for s in again.layers] == [s.experts.n_experts for s in structure.layers]
+
+
+def test_layers_and_experts_together(registry, tmp_path):
+    model, adapter, structure, granularities, layout = _setup(
+        registry, "qwen2_moe", kinds=("expert", "channel", "layer"), num_hidden_layers=3)
+    parts = layout.split(_random_keep(layout, 5))
+    parts["layer"][:] = True
+    parts["layer"][1] = False
+    keep = layout.join(parts)
+    before = sum(p.numel() for p in model.parameters())
+    prune_model(structure, layout, granularities, keep)
+    assert before - sum(p.numel() for p in model.parameters()) == removed_params(layout, keep)
+    path = save_pruned(model, None, tmp_path / "pruned", adapter_name="qwen2_moe", base_model="tiny")
+    ids = _ids(rows=1)
+    torch.testing.assert_close(load_pruned(path)(ids).logits, model(ids).logits, rtol=0, atol=1e-5)
+
+
+def test_surgery_refuses_fewer_than_top_k_experts(registry):
+    _, _, structure, granularities, layout = _setup(registry, "mixtral")
+    keep = torch.ones(len(layout), dtype=torch.bool)
+    keep[:N_EXPERTS - 1] = False
+    with pytest.raises(ModelError, match="fewer than the router's top-k"):
+        prune_model(structure, layout, granularities, keep)
+
+
+@pytest.mark.parametrize("mode", ["per-type", "local", "params", "global"])
+def test_the_final_mask_keeps_top_k_experts_per_layer(registry, mode):
+    _, _, _, _, layout = _setup(registry, "mixtral")
+    budget = Budget(mode, layout, 0.6)
+    # scores that favour layer 1 so much that a plain ranking would empty layer 0
+    scores = torch.cat([torch.linspace(0, 0.1, N_EXPERTS), torch.linspace(1, 2, N_EXPERTS)])
+    keep = budget.final_mask(scores)
+    per_layer = keep.view(2, N_EXPERTS).sum(dim=1)
+    assert (per_layer >= TOP_K).all()
+    assert int((~keep).sum()) == round(0.6 * 2 * N_EXPERTS)
+    if mode != "local":
+        assert per_layer.tolist() == [TOP_K, 2 * N_EXPERTS - round(0.6 * 2 * N_EXPERTS) - TOP_K]
+
+
+def test_a_rate_that_leaves_fewer_than_top_k_experts_is_refused(registry):
+    _, _, _, _, layout = _setup(registry, "mixtral")
+    for mode in ("per-type", "local"):
+        with pytest.raises(ConfigError, match="keep at least 2 of its expert units"):
+            Budget(mode, layout, 0.8)  # 8 experts per layer, 2 must stay: at most 75 %
+    Budget("per-type", layout, 0.75)
+
+
+def test_hf_and_decilm_exports_are_refused(registry, tmp_path):
+    model, *_ = _setup(registry, "mixtral")
+    for fmt in ("hf", "decilm"):
+        with pytest.raises(ExportError, match="mixture-of-experts"):
+            export_pruned(model, None, tmp_path / fmt, fmt, adapter_name="mixtral", base_model="x")
+
+
+def test_expert_granularity_needs_a_sparse_model(registry):
+    from pgprune_core.testing import tiny_model
+
+    adapter = registry.cls("adapter", "llama")()
+    structure = adapter.describe_model(tiny_model("llama", num_hidden_layers=2))
+    with pytest.raises(ModelError, match="no mixture-of-experts layers"):
+        registry.cls("granularity", "expert")().units(structure)
+
+
+# -- the expert-frequency initializer -----------------------------------------------------
+
+
+@pytest.mark.parametrize("arch", ["mixtral", "qwen2_moe"])
+def test_expert_frequency_matches_a_brute_force_count(registry, arch):
+    model, _, structure, granularities, layout = _setup(registry, arch)
+    windows = _ids(rows=4, length=12, seed=3)
+
+    def calibration(n_sequences, seq_len):
+        assert (n_sequences, seq_len) == (4, 12)
+        return iter([windows[:2], windows[2:]])
+
+    ctx = InitContext(model=model, structure=structure, layout=layout, granularities=granularities,
+                      device=torch.device("cpu"), seed=0, calibration=calibration)
+    cls = registry.cls("initializer", "expert-frequency")
+    scores = cls(cls.Config(n_sequences=4, seq_len=12, batch_size=3)).scores(ctx)
+
+    # brute force: each layer's router input, softmax, top-k, (re)normalise, count
+    inputs = {}
+    hooks = [site.experts.module.register_forward_pre_hook(
+        lambda m, args, i=site.index: inputs.__setitem__(i, args[0].reshape(-1, args[0].shape[-1])))
+        for site in structure.layers]
+    with torch.no_grad():
+        model(windows)
+    for hook in hooks:
+        hook.remove()
+    expected = []
+    for site in structure.layers:
+        router = site.experts.router
+        probs = torch.softmax(inputs[site.index] @ router.weight.detach().T, dim=-1)
+        tokens = probs.shape[0]
+        for e in range(N_EXPERTS):
+            freq = weight_sum = 0.0
+            for t in range(tokens):
+                top = torch.topk(probs[t], TOP_K)
+                if e in top.indices.tolist():
+                    w = float(probs[t, e])
+                    if site.experts.renormalise:
+                        w /= float(top.values.sum())
+                    freq += 1
+                    weight_sum += w
+            mean_weight = weight_sum / freq if freq else 0.0
+            expected.append(freq / tokens * mean_weight)
+    torch.testing.assert_close(scores, torch.tensor(expected, dtype=torch.float64),
+                               rtol=1e-5, atol=1e-7)
+    assert scores.sum() > 0
+
+
+def test_expert_frequency_scores_experts_only(registry):
+    model, _, structure, granularities, layout = _setup(registry, "mixtral", kinds=("expert", "head"))
+    ctx = InitContext(model=model, structure=structure, layout=layout, granularities=granularities,
+                      device=torch.device("cpu"), seed=0, calibration=lambda n, t: iter([]))
+    with pytest.raises(ConfigError, match="cannot score head"):
+        registry.cls("initializer", "expert-frequency")().scores(ctx)
