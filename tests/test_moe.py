@@ -272,3 +272,99 @@ def test_expert_frequency_scores_experts_only(registry):
                       device=torch.device("cpu"), seed=0, calibration=lambda n, t: iter([]))
     with pytest.raises(ConfigError, match="cannot score head"):
         registry.cls("initializer", "expert-frequency")().scores(ctx)
+
+
+# -- pgprune run / resume end to end ------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def moe_assets(tmp_path_factory):
+    from pgprune_core.testing import sample_text
+    from pgprune_core.testing.moe import save_tiny_moe_model
+
+    root = tmp_path_factory.mktemp("moe")
+    model = save_tiny_moe_model(root / "model", "qwen3_moe")
+    (root / "calib.txt").write_text(sample_text(12000))
+    (root / "heldout.txt").write_text(sample_text(18000)[12000:])
+    return root
+
+
+def _run_args(root, out, *extra):
+    return ["run", "--model", str(root / "model"), "--calib-file", str(root / "calib.txt"),
+            "--eval-file", str(root / "heldout.txt"), "--data.eval", "[]", "--seq-len", "16",
+            "--steps", "6", "--batch-size", "2", "--granularity", "expert",
+            "--prune-rate", "0.5", "--out", str(out),
+            "--training.checkpoint_every", "2", "--training.log_every", "1",
+            "--evaluator", "perplexity", "--evaluation.seq_len", "16",
+            "--data.cache_dir", str(root / "cache"), *extra]
+
+
+def test_pgprune_run_and_resume_prune_experts(moe_assets, tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from pgprune_core.cli import build_app
+
+    runner = CliRunner()
+    init = ["--init", "expert-frequency", "--init.n_sequences", "4", "--init.seq_len", "16",
+            "--estimator.lr", "0.05", "--estimator.scale_lr_to_steps", "false"]
+    reference = tmp_path / "reference"
+    result = runner.invoke(build_app(), _run_args(moe_assets, reference, *init))
+    assert result.exit_code == 0, result.output
+    masks = json.loads((reference / "masks.json").read_text())
+    keep = masks["kinds"]["expert"]["keep"]
+    assert sum(keep) == len(keep) // 2
+    assert all(sum(keep[l * N_EXPERTS:(l + 1) * N_EXPERTS]) >= TOP_K for l in range(2))
+    metrics = json.loads((reference / "metrics.json").read_text())
+    model = load_pruned(reference / "model")
+    assert sum(p.numel() for p in model.parameters()) == metrics["pruned"]["params"]
+    assert metrics["pruned"]["params"] < metrics["dense"]["params"]
+
+    # interrupted after the fourth step's losses, then resumed: the same masks
+    real, calls = LossOracle.losses, []
+
+    def interrupt(self, batch, masks):
+        calls.append(1)
+        if len(calls) == 5:
+            raise KeyboardInterrupt
+        return real(self, batch, masks)
+
+    monkeypatch.setattr(LossOracle, "losses", interrupt)
+    out = tmp_path / "interrupted"
+    result = runner.invoke(build_app(), _run_args(moe_assets, out, *init))
+    assert result.exit_code == 130, result.output
+    assert not (out / "metrics.json").exists()
+    monkeypatch.undo()
+    result = runner.invoke(build_app(), ["resume", str(out)])
+    assert result.exit_code == 0, result.output
+    assert json.loads((out / "masks.json").read_text()) == masks
+
+
+def test_pgprune_run_refuses_a_rate_below_top_k_before_optimising(moe_assets, tmp_path):
+    from typer.testing import CliRunner
+
+    from pgprune_core.cli import build_app
+
+    args = _run_args(moe_assets, tmp_path / "run", "--init", "random")
+    args[args.index("--prune-rate") + 1] = "0.9"
+    result = CliRunner().invoke(build_app(), args)
+    assert result.exit_code == 2
+    errors = [line for line in result.output.splitlines() if "top-k" in line]
+    assert len(errors) == 1 and "cannot prune 90.0% of 'expert' units" in errors[0]
+    assert not (tmp_path / "run").exists()  # a set-up mistake leaves no run directory
+
+
+def test_baseline_without_estimator_prunes_by_expert_frequency(moe_assets, tmp_path):
+    from typer.testing import CliRunner
+
+    from pgprune_core.cli import build_app
+
+    out = tmp_path / "none"
+    args = _run_args(moe_assets, out, "--estimator", "none", "--init", "expert-frequency",
+                     "--init.n_sequences", "4", "--init.seq_len", "16")
+    result = CliRunner().invoke(build_app(), args)
+    assert result.exit_code == 0, result.output
+    scores = torch.load(out / "init_scores.pt", weights_only=True)
+    keep = json.loads((out / "masks.json").read_text())["kinds"]["expert"]["keep"]
+    kept = torch.tensor(keep, dtype=torch.bool)
+    # per-type budget: the half of the experts of highest frequency score stay
+    assert int(kept.sum()) == N_EXPERTS and scores[kept].min() >= scores[~kept].max()
