@@ -299,6 +299,7 @@ def _run_args(root, out, *extra):
             "--data.cache_dir", str(root / "cache"), *extra]
 
 
+@pytest.mark.slow
 def test_pgprune_run_and_resume_prune_experts(moe_assets, tmp_path, monkeypatch):
     from typer.testing import CliRunner
 
@@ -368,3 +369,26 @@ def test_baseline_without_estimator_prunes_by_expert_frequency(moe_assets, tmp_p
     kept = torch.tensor(keep, dtype=torch.bool)
     # per-type budget: the half of the experts of highest frequency score stay
     assert int(kept.sum()) == N_EXPERTS and scores[kept].min() >= scores[~kept].max()
+
+
+@pytest.mark.slow
+def test_pgprune_compare_grids_expert_pruning(moe_assets, tmp_path):
+    import csv
+
+    from typer.testing import CliRunner
+
+    from pgprune_core.cli import build_app
+
+    out = tmp_path / "compare"
+    args = ["compare", "--model", str(moe_assets / "model"), "--calib-file",
+            str(moe_assets / "calib.txt"), "--eval-file", str(moe_assets / "heldout.txt"),
+            "--steps", "2", "--batch-size", "2", "--seq-len", "16", "--evaluator", "perplexity",
+            "--init", "expert-frequency", "--estimator", "reinforce", "--estimator", "none",
+            "--rates", "0.5", "--granularity", "expert", "--in-process", "--out", str(out),
+            "--data.eval", "[]", "--data.cache_dir", str(moe_assets / "cache"),
+            "--evaluation.seq_len", "16", "--output.save_model", "false"]
+    result = CliRunner().invoke(build_app(), args)
+    assert result.exit_code == 0, result.output
+    with (out / "compare.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    assert sorted(row["estimator"] for row in rows) == ["none", "reinforce"]
