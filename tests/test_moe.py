@@ -93,7 +93,8 @@ def test_surgery_gives_the_masked_logits_row_by_row(registry, arch):
         summary = prune_model(cut_structure, layout, granularities, keeps[row])
         assert summary["params_removed"] == removed_params(layout, keeps[row])
         counts = [site.experts.n_experts for site in cut_structure.layers]
-        assert counts == [int(keeps[row][l * N_EXPERTS:(l + 1) * N_EXPERTS].sum()) for l in range(2)]
+        assert counts == [int(keeps[row][layer * N_EXPERTS:(layer + 1) * N_EXPERTS].sum())
+                          for layer in range(2)]
         torch.testing.assert_close(cut(ids[row:row + 1]).logits[0], masked[row],
                                    rtol=0, atol=1e-4)
 
@@ -158,7 +159,7 @@ def test_saved_model_loads_both_ways_and_generates(registry, arch, tmp_path):
 
 
 def test_layers_and_experts_together(registry, tmp_path):
-    model, adapter, structure, granularities, layout = _setup(
+    model, _, structure, granularities, layout = _setup(
         registry, "qwen2_moe", kinds=("expert", "channel", "layer"), num_hidden_layers=3)
     parts = layout.split(_random_keep(layout, 5))
     parts["layer"][:] = True
@@ -283,7 +284,7 @@ def moe_assets(tmp_path_factory):
     from pgprune_core.testing.moe import save_tiny_moe_model
 
     root = tmp_path_factory.mktemp("moe")
-    model = save_tiny_moe_model(root / "model", "qwen3_moe")
+    save_tiny_moe_model(root / "model", "qwen3_moe")
     (root / "calib.txt").write_text(sample_text(12000))
     (root / "heldout.txt").write_text(sample_text(18000)[12000:])
     return root
@@ -314,7 +315,7 @@ def test_pgprune_run_and_resume_prune_experts(moe_assets, tmp_path, monkeypatch)
     masks = json.loads((reference / "masks.json").read_text())
     keep = masks["kinds"]["expert"]["keep"]
     assert sum(keep) == len(keep) // 2
-    assert all(sum(keep[l * N_EXPERTS:(l + 1) * N_EXPERTS]) >= TOP_K for l in range(2))
+    assert all(sum(keep[layer * N_EXPERTS:(layer + 1) * N_EXPERTS]) >= TOP_K for layer in range(2))
     metrics = json.loads((reference / "metrics.json").read_text())
     model = load_pruned(reference / "model")
     assert sum(p.numel() for p in model.parameters()) == metrics["pruned"]["params"]

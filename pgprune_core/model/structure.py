@@ -103,9 +103,11 @@ class ExpertSite:
     def expert_cost(self) -> int:
         """Parameters one expert owns: its slice of every expert parameter and its router
         row (and router bias entry, when the router has a bias)."""
-        cost = sum(getattr(self.experts, name)[0].numel() for name in self.expert_params)
-        cost += int(self.router.weight.shape[1])
-        return cost + int(getattr(self.router, "bias", None) is not None)
+        params = dict(self.experts.named_parameters(recurse=False))
+        cost = sum(params[name][0].numel() for name in self.expert_params)
+        router = dict(self.router.named_parameters(recurse=False))
+        cost += int(router["weight"].shape[1])
+        return cost + int("bias" in router)
 
 
 @dataclass

@@ -50,8 +50,8 @@ def tiny_moe_config(
         return Qwen2MoeConfig(**qwen, shared_expert_intermediate_size=2 * expert_size,
                               **{"norm_topk_prob": False, **extra})
     if arch == "qwen3_moe":
-        return Qwen3MoeConfig(**qwen, head_dim=hidden_size // num_attention_heads,
-                              **{"norm_topk_prob": True, **extra})
+        return Qwen3MoeConfig(**qwen, **{"head_dim": hidden_size // num_attention_heads,
+                                         "norm_topk_prob": True, **extra})
     raise ValueError(f"unknown tiny mixture-of-experts architecture {arch!r}; "
                      f"choose one of {', '.join(MOE_ARCHS)}")
 
