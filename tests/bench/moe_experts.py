@@ -12,7 +12,7 @@ and measuring perplexity on the held-out last 10 %.
 
     python tests/bench/moe_experts.py --work-dir runs/bench-moe
 
-Prints the compare command it ran; the grid's tables are in WORK/compare/compare.md.
+Prints the compare command it ran; the grid's tables are in WORK/NAME/compare.md.
 """
 
 from __future__ import annotations
@@ -38,6 +38,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--rates", default="0.25,0.5")
     parser.add_argument("--lr", default="0.05", help="reinforce's learning rate")
     parser.add_argument("--seeds", default="0")
+    parser.add_argument("--name", default="compare", help="the grid's directory inside WORK")
     return parser.parse_args()
 
 
@@ -124,7 +125,7 @@ def main() -> None:
         "--estimator.reinforce.lr", args.lr, "--estimator.reinforce.scale_lr_to_steps", "false",
         "--evaluator", "perplexity", "--evaluation.seq_len", "64",
         "--training.threads", "1", "--output.save_model", "false", "--in-process",
-        "--out", str(work / "compare"),
+        "--out", str(work / args.name),
     ]
     print(" ".join(command[1:]))
     subprocess.run(command, check=True)
