@@ -173,6 +173,40 @@ def test_layers_and_experts_together(registry, tmp_path):
     torch.testing.assert_close(load_pruned(path)(ids).logits, model(ids).logits, rtol=0, atol=1e-5)
 
 
+def test_experts_heads_and_layers_masked_per_row_equal_the_cut_model(registry):
+    """With the layer kind computing only the rows whose layer is kept, the expert hooks
+    inside a layer must pick the same rows of their masks."""
+    model, adapter, structure, granularities, layout = _setup(
+        registry, "mixtral", kinds=("expert", "head", "layer"), num_hidden_layers=3)
+    ids = _ids()
+    keeps = []
+    for seed in range(3):
+        parts = layout.split(_random_keep(layout, 10 + seed))
+        parts["layer"][:] = True
+        parts["layer"][seed] = seed != 1  # row 1 drops layer 1
+        keeps.append(layout.join(parts))
+    keeps = torch.stack(keeps)
+    with apply_masks(structure, layout, granularities, keeps.float()):
+        masked = model(ids).logits
+    for row in range(3):
+        cut = copy.deepcopy(model)
+        prune_model(adapter.describe_model(cut), layout, granularities, keeps[row])
+        torch.testing.assert_close(cut(ids[row:row + 1]).logits[0], masked[row],
+                                   rtol=0, atol=1e-4)
+
+
+def test_protected_layers_keep_their_experts_and_the_rest_keep_top_k(registry):
+    from pgprune_core.optim.budget import protected_mask
+
+    _, _, _, _, layout = _setup(registry, "mixtral", num_hidden_layers=3)
+    protected = protected_mask(layout, 3, 1, 0)
+    budget = Budget("per-type", layout, 0.5, protected)
+    keep = budget.final_mask(torch.arange(len(layout), dtype=torch.float64).flip(0))
+    per_layer = keep.view(3, N_EXPERTS).sum(dim=1).tolist()
+    assert per_layer[0] == N_EXPERTS and min(per_layer[1:]) >= TOP_K
+    assert int((~keep).sum()) == round(0.5 * 3 * N_EXPERTS)
+
+
 def test_surgery_refuses_fewer_than_top_k_experts(registry):
     _, _, structure, granularities, layout = _setup(registry, "mixtral")
     keep = torch.ones(len(layout), dtype=torch.bool)
