@@ -177,6 +177,7 @@ def test_plugin_modules_do_not_leak_into_sys_modules_of_core():
         if source.endswith(".py"):
             text = Path(source).read_text(encoding="utf-8")
             for plugin_pkg in ("pgprune_reinforce", "pgprune_llama", "pgprune_mistral",
+                               "pgprune_mixtral", "pgprune_qwen_moe",
                                "pgprune_gumbel", "pgprune_ppo", "pgprune_lm_eval"):
                 assert f"import {plugin_pkg}" not in text and f"from {plugin_pkg}" not in text, name
 

@@ -25,7 +25,7 @@ class RandomInitializer(CheckedInitializer):
     """Uniform random scores from a generator seeded by the run's seed."""
 
     name = "random"
-    kinds = frozenset({"channel", "head", "attention", "mlp", "layer"})
+    kinds = frozenset({"channel", "head", "attention", "mlp", "layer", "expert"})
     needs_calibration = False
 
     class Config(InitializerConfig):

@@ -22,7 +22,7 @@ class UniformInitializer(CheckedInitializer):
     """Equal scores: every unit starts at the keep ratio (no prior at all)."""
 
     name = "uniform"
-    kinds = frozenset({"channel", "head", "attention", "mlp", "layer"})
+    kinds = frozenset({"channel", "head", "attention", "mlp", "layer", "expert"})
     needs_calibration = False
 
     class Config(InitializerConfig):

@@ -61,7 +61,7 @@ def _whole(x: torch.Tensor) -> torch.Tensor:
 def unit_slices(site: LayerSite, kind: str) -> list[UnitSlice]:
     """The parameters of one decoder layer that the units of ``kind`` own, with reducers."""
     if kind == "channel":
-        mlp = site.mlp
+        mlp = site.dense_mlp()
         n = mlp.intermediate_size
         blocks = mlp.gate_up_blocks()
         slices = [UnitSlice(b.linear.weight, _block_rows(b, n)) for b in blocks]

@@ -58,7 +58,7 @@ class WandaSpInitializer(CheckedInitializer):
         batches = calibration_batches(ctx, config.n_sequences, config.seq_len, config.batch_size)
 
         def targets(site: LayerSite) -> list[torch.nn.Module]:
-            return [site.attention.o_proj if kind == "head" else site.mlp.down_proj for kind in kinds]
+            return [site.attention.o_proj if kind == "head" else site.dense_mlp().down_proj for kind in kinds]
 
         stats = collect_input_squares(ctx.structure, batches, targets)
         by_layer = {site.index: dict(zip(kinds, stats[pos], strict=True))
@@ -81,7 +81,7 @@ def _column_metric(linear: torch.nn.Linear, inputs: InputSquares) -> torch.Tenso
 
 def channel_scores(site: LayerSite, inputs: InputSquares) -> torch.Tensor:
     """float32 [intermediate_size]: Wanda-sp score of each MLP channel."""
-    return _column_metric(site.mlp.down_proj, inputs)
+    return _column_metric(site.dense_mlp().down_proj, inputs)
 
 
 def head_scores(site: LayerSite, inputs: InputSquares) -> torch.Tensor:

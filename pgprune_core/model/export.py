@@ -81,12 +81,15 @@ def _groups(values: list[Any], origins: list[int]) -> str:
 
 
 # -- checks -------------------------------------------------------------------------------
-def check_shapes(fmt: str, shapes: list[dict[str, int]], origins: list[int] | None = None) -> None:
+def check_shapes(fmt: str, shapes: list[dict[str, Any]], origins: list[int] | None = None) -> None:
     """Refuse, from the per-layer shapes alone (:func:`~pgprune_core.model.surgery.layer_shapes`,
     also in a saved model's config), what ``fmt`` cannot express; cheap, so it runs before
     any weight is loaded.  ``origins``: the layers' indices in the original model, which
     the messages name (default: their positions)."""
     origins = list(range(len(shapes))) if origins is None else origins
+    if fmt in ("hf", "decilm") and any(s.get("n_experts") is not None for s in shapes):
+        raise ExportError(f"cannot export a mixture-of-experts model as {fmt} (its per-layer "
+                          f"expert counts have no field there); export --format pgprune")
     if fmt == "hf":
         check_hf(shapes, origins)
     elif fmt == "decilm":
@@ -149,7 +152,7 @@ def decilm_blocks(structure: ModelStructure, origins: list[int], original_count:
     inexact: list[int] = []
     window = getattr(structure.model.config, "sliding_window", None)
     for site, origin in zip(structure.layers, origins, strict=True):
-        attention, mlp = site.attention, site.mlp
+        attention, mlp = site.attention, site.dense_mlp()
         block = blocks[origin]
         if attention.n_heads:
             block["attention"] = {"no_op": False, "replace_with_linear": False,
@@ -232,7 +235,7 @@ def _export_hf(model: nn.Module, tokenizer: Any, target: Path, structure: ModelS
         # (no sliding window) with an explicit head_dim and no such check
         site = structure.layers[0]
         biases = [_bias(p) for p in (site.attention.q_proj, site.attention.o_proj,
-                                     site.mlp.gate_proj, site.mlp.down_proj)]
+                                     site.dense_mlp().gate_proj, site.dense_mlp().down_proj)]
         if any(biases):
             raise ExportError(
                 f"cannot export as hf: transformers' LlamaConfig needs hidden_size "
@@ -332,6 +335,8 @@ def export_pruned(model: nn.Module, tokenizer: Any, path: str | Path, fmt: str, 
     adapter = cast(ModelAdapter, get_registry().cls("adapter", adapter_name)())
     structure = adapter.describe_model(model)
     base_class = adapter.pruned_model_class()
+    check_shapes(fmt, layer_shapes(structure),
+                 layer_origins(model.config, structure.n_layers)[0])
     if fmt == "hf":
         return _export_hf(model, tokenizer, target, structure, base_class)
     return _export_decilm(model, tokenizer, target, structure, base_class)

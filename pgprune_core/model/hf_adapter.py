@@ -26,6 +26,7 @@ from pgprune_core.model import pruned_modeling
 from pgprune_core.model.pruned_modeling import import_object
 from pgprune_core.model.structure import (
     AttentionSite,
+    ExpertSite,
     LayerSite,
     MlpSite,
     ModelStructure,
@@ -183,7 +184,6 @@ class HFDecoderAdapter(ModelAdapter):
         layers = []
         for index, layer in enumerate(layer_list):
             attention = getattr(layer, names.attention)
-            mlp = getattr(layer, names.mlp)
             head_dim = int(getattr(attention, "head_dim", None) or default_head_dim)
             o = getattr(attention, names.o_proj)
             n_heads = o.in_features // head_dim
@@ -195,13 +195,6 @@ class HFDecoderAdapter(ModelAdapter):
                 qkv = None
                 q, k, v = (getattr(attention, n) for n in (names.q_proj, names.k_proj, names.v_proj))
                 n_kv = k.out_features // head_dim
-            if names.gate_up_proj:
-                gate_up = getattr(mlp, names.gate_up_proj)
-                gate = up = gate_up
-            else:
-                gate_up = None
-                gate, up = getattr(mlp, names.gate_proj), getattr(mlp, names.up_proj)
-            down = getattr(mlp, names.down_proj)
             layers.append(LayerSite(
                 index=index,
                 module=layer,
@@ -209,10 +202,28 @@ class HFDecoderAdapter(ModelAdapter):
                     layer=index, module=attention, q_proj=q, k_proj=k, v_proj=v, o_proj=o,
                     n_heads=n_heads, n_kv_heads=n_kv, head_dim=head_dim, qkv_proj=qkv,
                 ),
-                mlp=MlpSite(layer=index, module=mlp, gate_proj=gate, up_proj=up,
-                            down_proj=down, intermediate_size=down.in_features,
-                            gate_up_proj=gate_up),
+                mlp=self.mlp_site(index, layer),
+                experts=self.expert_site(index, layer),
             ))
         return ModelStructure(model=model, layers=layers, layer_list=layer_list,
                               hidden_size=int(config.hidden_size), names=names,
                               architecture=self.name)
+
+    def mlp_site(self, index: int, layer: nn.Module) -> MlpSite | None:
+        """The dense gated MLP of decoder layer ``index`` (``names.mlp``, a path inside the
+        layer), or ``None`` when the layer has none (adapters of sparse models override)."""
+        names = self.names
+        mlp = layer.get_submodule(names.mlp)
+        if names.gate_up_proj:  # fused: the gate rows, then the up rows
+            gate_up = getattr(mlp, names.gate_up_proj)
+            gate = up = gate_up
+        else:
+            gate_up = None
+            gate, up = getattr(mlp, names.gate_proj), getattr(mlp, names.up_proj)
+        down = getattr(mlp, names.down_proj)
+        return MlpSite(layer=index, module=mlp, gate_proj=gate, up_proj=up, down_proj=down,
+                       intermediate_size=down.in_features, gate_up_proj=gate_up)
+
+    def expert_site(self, index: int, layer: nn.Module) -> ExpertSite | None:
+        """The routed experts of decoder layer ``index``; ``None`` (dense models)."""
+        return None

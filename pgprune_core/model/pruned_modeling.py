@@ -1,4 +1,5 @@
-"""Modeling code for a model pruned by pgprune: per-layer head counts and MLP widths.
+"""Modeling code for a model pruned by pgprune: per-layer head counts, MLP widths and
+expert counts.
 
 After global pruning every decoder layer has its own number of attention heads and MLP
 channels, and some layers may be gone; a stock ``from_pretrained`` builds equal layers and
@@ -12,8 +13,9 @@ imports only torch and transformers and knows no architecture: the ``pgprune`` s
 the config names the transformers class to subclass (``base_class``), the attribute names
 of the blocks (``module_names``) and the shape of every layer (``layers``).  The base class
 builds the model with the dense shapes of ``config`` (whose ``num_hidden_layers`` already
-counts only the kept layers); the linear layers are then replaced by ones of the pruned
-shapes before the weights are loaded into them.
+counts only the kept layers); the linear layers (and, in a mixture-of-experts layer, the
+per-expert parameters and router rows) are then replaced by ones of the pruned shapes
+before the weights are loaded into them.
 """
 
 from __future__ import annotations
@@ -101,6 +103,37 @@ def set_intermediate_size(mlp: nn.Module, size: int) -> None:
         setattr(mlp, "intermediate_size", size)  # noqa: B010
 
 
+def expert_parameters(experts: nn.Module, n_experts: int) -> tuple[str, ...]:
+    """Names of the parameters of a fused experts module that hold one slice per expert
+    (first dimension ``n_experts``: transformers' ``gate_up_proj`` and ``down_proj``)."""
+    return tuple(name for name, param in experts.named_parameters(recurse=False)
+                 if param.dim() >= 2 and param.shape[0] == n_experts)
+
+
+def set_expert_count(router: nn.Module, experts: nn.Module, n_experts: int) -> None:
+    """Update the expert-count attributes the router and the experts read in their forward."""
+    for module in (router, experts):
+        if hasattr(module, "num_experts"):
+            setattr(module, "num_experts", n_experts)  # noqa: B010
+
+
+def resize_experts(block: nn.Module, names: dict[str, str], n_experts: int) -> None:
+    """Give a sparse block ``n_experts`` routed experts: per-expert parameters and router
+    rows of the new count (their values are loaded afterwards)."""
+    router = getattr(block, names.get("router", "gate"))
+    experts = getattr(block, names.get("experts", "experts"))
+    for name in expert_parameters(experts, int(getattr(experts, "num_experts"))):  # noqa: B009
+        old = getattr(experts, name)
+        setattr(experts, name, nn.Parameter(old.new_empty(n_experts, *old.shape[1:]),
+                                            requires_grad=old.requires_grad))
+    for name in ("weight", "bias"):
+        old = getattr(router, name, None)
+        if isinstance(old, nn.Parameter):
+            setattr(router, name, nn.Parameter(old.new_empty(n_experts, *old.shape[1:]),
+                                               requires_grad=old.requires_grad))
+    set_expert_count(router, experts, n_experts)
+
+
 class EmptyAttention(nn.Module):
     """An attention block whose heads were all pruned: it adds nothing to the residual
     stream but the output projection's bias (if any), and still records the step in the KV
@@ -158,7 +191,6 @@ def rebuild_layers(model: nn.Module, section: dict[str, Any]) -> None:
                          f"describes {len(shapes)}")
     for index, (layer, shape) in enumerate(zip(layers, shapes, strict=True)):
         attention = getattr(layer, names["attention"])
-        mlp = getattr(layer, names["mlp"])
         head_dim, n_heads, n_kv = shape["head_dim"], shape["n_heads"], shape["n_kv_heads"]
         if names.get("qkv_proj"):
             _resize(attention, names["qkv_proj"], outputs=(n_heads + 2 * n_kv) * head_dim)
@@ -172,14 +204,18 @@ def rebuild_layers(model: nn.Module, section: dict[str, Any]) -> None:
                     EmptyAttention(attention, names["o_proj"], head_dim, index))
         else:
             set_head_counts(attention, n_heads, n_kv)
-        width = shape["intermediate_size"]
-        if names.get("gate_up_proj"):
-            _resize(mlp, names["gate_up_proj"], outputs=2 * width)
-        else:
-            _resize(mlp, names["gate_proj"], outputs=width)
-            _resize(mlp, names["up_proj"], outputs=width)
-        _resize(mlp, names["down_proj"], inputs=width)
-        set_intermediate_size(mlp, width)
+        width = shape.get("intermediate_size")
+        if width is not None:  # None: a sparse layer without a dense MLP
+            mlp = layer.get_submodule(names["mlp"])
+            if names.get("gate_up_proj"):
+                _resize(mlp, names["gate_up_proj"], outputs=2 * width)
+            else:
+                _resize(mlp, names["gate_proj"], outputs=width)
+                _resize(mlp, names["up_proj"], outputs=width)
+            _resize(mlp, names["down_proj"], inputs=width)
+            set_intermediate_size(mlp, width)
+        if shape.get("n_experts") is not None:
+            resize_experts(layer.get_submodule(names.get("moe", "mlp")), names, shape["n_experts"])
 
 
 _CLASSES: dict[type, type] = {}

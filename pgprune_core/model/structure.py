@@ -16,6 +16,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from pgprune_core.errors import ModelError
+
 
 def text_config(config: Any) -> Any:
     """The config of the decoder a model's layers belong to: ``config`` itself for a causal
@@ -51,6 +53,11 @@ class ModuleNames:
     down_proj: str = "down_proj"
     qkv_proj: str | None = None
     gate_up_proj: str | None = None
+    #: mixture-of-experts models: the sparse block (a path inside the layer), its router
+    #: and its experts (attributes of the block); unused by dense models
+    moe: str = "mlp"
+    router: str = "gate"
+    experts: str = "experts"
 
     def as_dict(self) -> dict[str, str | None]:
         return dict(self.__dict__)
@@ -133,13 +140,54 @@ class MlpSite:
 
 
 @dataclass
+class ExpertSite:
+    """The routed experts of one sparse (mixture-of-experts) block.
+
+    ``router.weight`` is ``[n_experts, hidden]`` (one row of router logits per expert); every
+    parameter of ``experts`` named in ``expert_params`` has the experts on its first
+    dimension (transformers' fused ``gate_up_proj`` / ``down_proj``).  The router sends each
+    token to the ``top_k`` experts of largest softmax probability and, when ``renormalise``,
+    divides their weights by their sum.  A shared expert is not a routed expert: it is no
+    part of this site.
+    """
+
+    layer: int
+    module: nn.Module
+    router: nn.Module
+    experts: nn.Module
+    n_experts: int
+    top_k: int
+    renormalise: bool
+    expert_params: tuple[str, ...] = ("gate_up_proj", "down_proj")
+
+    def expert_cost(self) -> int:
+        """Parameters one expert owns: its slice of every expert parameter and its router
+        row (and router bias entry, when the router has a bias)."""
+        params = dict(self.experts.named_parameters(recurse=False))
+        cost = sum(params[name][0].numel() for name in self.expert_params)
+        router = dict(self.router.named_parameters(recurse=False))
+        cost += int(router["weight"].shape[1])
+        return cost + int("bias" in router)
+
+
+@dataclass
 class LayerSite:
-    """One decoder layer (residual block pair)."""
+    """One decoder layer (residual block pair).  ``mlp`` is the dense gated MLP (``None``
+    when the layer has none: a sparse block without a shared expert); ``experts`` the routed
+    experts of a mixture-of-experts layer (``None`` in dense layers)."""
 
     index: int
     module: nn.Module
     attention: AttentionSite
-    mlp: MlpSite
+    mlp: MlpSite | None
+    experts: ExpertSite | None = None
+
+    def dense_mlp(self) -> MlpSite:
+        """The layer's dense MLP; a one-line error for a layer that has none."""
+        if self.mlp is None:
+            raise ModelError(f"layer {self.index} has no dense MLP (a mixture-of-experts "
+                             f"layer without a shared expert): its units are experts")
+        return self.mlp
 
     def n_params(self) -> int:
         return sum(p.numel() for p in self.module.parameters())
@@ -167,12 +215,16 @@ class ModelStructure:
 @dataclass
 class UnitSet:
     """The units of one granularity (``kind``): per unit, its layer, its index inside the
-    layer (channel or KV group number; 0 for a layer unit) and its exact parameter cost."""
+    layer (channel, KV group or expert number; 0 for a layer unit) and its exact parameter
+    cost."""
 
     kind: str
     layer: torch.Tensor  # int64 [n]
     index: torch.Tensor  # int64 [n]
     cost: torch.Tensor  # int64 [n]
+    #: layer -> the fewest units of this kind the layer must keep (the budget honours it:
+    #: a mixture-of-experts layer keeps at least its router's top-k experts)
+    min_kept: dict[int, int] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         n = self.layer.numel()

@@ -36,17 +36,22 @@ SECTION = pruned_modeling.SECTION
 FORMAT_VERSION = 1
 
 
-def layer_shapes(structure: ModelStructure) -> list[dict[str, int]]:
-    """Per decoder layer: heads, KV heads, head size and MLP width, as they are now."""
-    return [
-        {
+def layer_shapes(structure: ModelStructure) -> list[dict[str, Any]]:
+    """Per decoder layer: heads, KV heads, head size and MLP width (``None`` for a sparse
+    layer without a dense MLP), as they are now; a mixture-of-experts layer adds its count
+    of routed experts (``n_experts``)."""
+    shapes: list[dict[str, Any]] = []
+    for site in structure.layers:
+        shape: dict[str, Any] = {
             "n_heads": site.attention.n_heads,
             "n_kv_heads": site.attention.n_kv_heads,
             "head_dim": site.attention.head_dim,
-            "intermediate_size": site.mlp.intermediate_size,
+            "intermediate_size": None if site.mlp is None else site.mlp.intermediate_size,
         }
-        for site in structure.layers
-    ]
+        if site.experts is not None:
+            shape["n_experts"] = site.experts.n_experts
+        shapes.append(shape)
+    return shapes
 
 
 def layer_origins(config: Any, n_layers: int) -> tuple[list[int], int]:

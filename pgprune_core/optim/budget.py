@@ -37,6 +37,13 @@ from the front).  The projection sees the channel group's unrounded capacity.  S
 constraints need the ``per-type`` or ``local`` budget (the others trade kinds against each
 other) and, for the uniform kinds, unprotected layers of equal unit counts.
 
+Floors: a unit set may name, per layer, the fewest units the layer keeps
+(``UnitSet.min_kept``; the ``expert`` kind: the router's top-k).  The final mask passes
+over a unit whose layer is at its floor and removes the next-lowest instead, and a budget
+whose target cannot be met that way is refused when it is built, before any optimisation.
+The projection does not see the floors (sampled masks may go below them; the expert kind
+defines what such a mask computes).
+
 Rounding (:meth:`Budget.final_mask`): with unit weights a group removes
 ``round(target)`` units, rounding halves up (with a 1e-9 guard against the float error of
 ``rate * n``); with ``params`` it removes the shortest prefix of lowest-score units whose
@@ -117,7 +124,10 @@ class Budget:
         self.shape: Shape = shape
         self.channel_multiple = int(channel_multiple)
         self._check_shape()
+        self._cells, self._floors = _floor_cells(layout)
         self._groups = self._build_groups()
+        for group in self._groups:
+            self._check_floors(group)
 
     # -- groups -------------------------------------------------------------------------
     def _weights(self) -> torch.Tensor:
@@ -206,6 +216,29 @@ class Budget:
                 f"protect fewer layers or lower the prune rate"
             )
 
+    def _check_floors(self, group: _Group) -> None:
+        """Refuse a group whose target would take a layer below its fewest kept units
+        (``UnitSet.min_kept``: a mixture-of-experts layer keeps its router's top-k)."""
+        cells = self._cells[group.free]
+        if not bool((cells >= 0).any()):
+            return
+        keepable = torch.ones(group.free.numel(), dtype=torch.bool)
+        for cell in cells[cells >= 0].unique().tolist():
+            members = torch.nonzero(cells == cell).flatten()
+            cheapest = members[torch.sort(group.weights[members], stable=True).indices]
+            keepable[cheapest[:self._floors[cell][2]]] = False
+        removable = float(group.weights[keepable].sum())
+        if group.remove > removable * (1.0 + 1e-12):
+            kind, layer, floor = self._floors[int(cells[cells >= 0][0])]
+            total = int((self._cells == int(cells[cells >= 0][0])).sum())
+            unit = "parameters" if self.mode == "params" else "units"
+            raise ConfigError(
+                f"cannot prune {self.prune_rate:.1%} of {group.label!r} {unit}: every layer must "
+                f"keep at least {floor} of its {kind} units (layer {layer}: {floor} of {total}, "
+                f"the router's top-k), so at most {removable:.0f} of "
+                f"{float(group.weights.sum()):.0f} can go; lower the prune rate"
+            )
+
     # -- the feasible set ---------------------------------------------------------------
     def constraints(self) -> list[Constraint]:
         """One constraint per group over its free units, disjoint.
@@ -233,6 +266,9 @@ class Budget:
         keep = torch.ones(len(self.layout), dtype=torch.bool)
         for group in self._groups:
             order = torch.sort(values[group.free], stable=True).indices
+            if bool((self._cells[group.free] >= 0).any()):
+                self._remove_with_floors(group, order, keep)
+                continue
             if self.mode == "params":
                 # the feasibility check guarantees the full prefix reaches the target
                 removed_cost = torch.cumsum(group.weights[order], 0)
@@ -248,6 +284,27 @@ class Budget:
                 n_remove = min(_round_half_up(group.remove), order.numel())
             keep[group.free[order[:n_remove]]] = False
         return keep
+
+    def _remove_with_floors(self, group: _Group, order: torch.Tensor, keep: torch.Tensor) -> None:
+        """The group's lowest-score units go, as in :meth:`final_mask`, passing over a unit
+        whose layer keeps no more than its floor (the check at construction guarantees
+        the target is reachable)."""
+        left = {cell: int((self._cells == cell).sum()) for cell in self._floors}
+        n_remove = _round_half_up(group.remove)
+        removed, removed_cost = 0, 0.0
+        for position in order.tolist():
+            if (removed_cost >= group.remove * (1.0 - 1e-12) if self.mode == "params"
+                    else removed >= n_remove):
+                break
+            unit = int(group.free[position])
+            cell = int(self._cells[unit])
+            if cell >= 0:
+                if left[cell] <= self._floors[cell][2]:
+                    continue
+                left[cell] -= 1
+            keep[unit] = False
+            removed += 1
+            removed_cost += float(group.weights[position])
 
     def removed_fraction(self, keep: torch.Tensor) -> dict[str, float]:
         """Removed share of each kind and of ``all`` units, in the budget's units
@@ -283,6 +340,22 @@ def _multiple_keep(scores: torch.Tensor, layers: torch.Tensor, multiple: int, ta
     for _, _, _, units in blocks[:n_blocks]:
         keep[units] = True
     return keep
+
+
+def _floor_cells(layout: UnitLayout) -> tuple[torch.Tensor, dict[int, tuple[str, int, int]]]:
+    """Per unit, the id of its (kind, layer) cell when that cell has a floor of kept units
+    (``UnitSet.min_kept``), else -1; and per cell id, its kind, layer and floor."""
+    cells = torch.full((len(layout),), -1, dtype=torch.int64)
+    floors: dict[int, tuple[str, int, int]] = {}
+    for unit_set in layout:
+        offset = layout.offsets[unit_set.kind].start
+        for layer, floor in sorted(unit_set.min_kept.items()):
+            if floor <= 0:
+                continue
+            cell = len(floors)
+            floors[cell] = (unit_set.kind, layer, floor)
+            cells[offset + torch.nonzero(unit_set.layer == layer).flatten()] = cell
+    return cells, floors
 
 
 def protected_mask(layout: UnitLayout, n_layers: int, first: int, last: int) -> torch.Tensor:

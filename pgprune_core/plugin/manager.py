@@ -37,6 +37,7 @@ DEFAULT_PLUGINS: dict[str, str] = {
     "builtin-layer": "pgprune_core.model.granularity.layer",
     "builtin-attention": "pgprune_core.model.granularity.attention",
     "builtin-mlp": "pgprune_core.model.granularity.mlp",
+    "builtin-expert": "pgprune_core.model.granularity.expert",
     "builtin-bisection": "pgprune_core.optim.projection",
     "builtin-none": "pgprune_core.optim.no_estimator",
     "builtin-random": "pgprune_core.initializers.random_scores",
@@ -45,6 +46,7 @@ DEFAULT_PLUGINS: dict[str, str] = {
     "builtin-wanda-sp": "pgprune_core.initializers.wanda_sp",
     "builtin-layerwise-ppl": "pgprune_core.initializers.layerwise_ppl",
     "builtin-taylor": "pgprune_core.initializers.taylor",
+    "builtin-expert-frequency": "pgprune_core.initializers.expert_frequency",
     "builtin-evaluators": "pgprune_core.evaluation.evaluators",
     "builtin-compare": "pgprune_core.compare.command",
 }
@@ -53,7 +55,7 @@ DEFAULT_PLUGINS: dict[str, str] = {
 #: does not remove them, neither by plugin name nor by component name.
 ESSENTIAL_PLUGINS: frozenset[str] = frozenset(
     {"builtin-channel", "builtin-head", "builtin-layer", "builtin-attention", "builtin-mlp",
-     "builtin-bisection"}
+     "builtin-expert", "builtin-bisection"}
 )
 
 

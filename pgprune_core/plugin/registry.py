@@ -51,6 +51,9 @@ PROVIDED_BY: dict[tuple[str, str], str] = {
     ("adapter", "gemma2"): "pgprune-gemma",
     ("adapter", "gemma3"): "pgprune-gemma",
     ("adapter", "gemma3-multimodal"): "pgprune-gemma",
+    ("adapter", "mixtral"): "pgprune-mixtral",
+    ("adapter", "qwen2_moe"): "pgprune-qwen-moe",
+    ("adapter", "qwen3_moe"): "pgprune-qwen-moe",
     ("estimator", "reinforce"): "pgprune-reinforce",
     ("estimator", "gumbel"): "pgprune-gumbel",
     ("estimator", "ppo"): "pgprune-ppo",
@@ -67,6 +70,9 @@ ADAPTER_FOR_MODEL_TYPE: dict[str, str] = {
     "gemma2": "gemma2",
     "gemma3_text": "gemma3",
     "gemma3": "gemma3-multimodal",
+    "mixtral": "mixtral",
+    "qwen2_moe": "qwen2_moe",
+    "qwen3_moe": "qwen3_moe",
 }
 
 KINDS: dict[str, tuple[str, type[Plugin]]] = {

@@ -19,6 +19,7 @@ from pgprune_core.run.artifacts import atomic_path
 KIND_STYLE: dict[str, tuple[str, str]] = {
     "head": ("#1f77b4", "attention heads"),
     "channel": ("#ff7f0e", "MLP channels"),
+    "expert": ("#2ca02c", "routed experts"),
 }
 LAYER_COLOUR = "#9e9e9e"
 

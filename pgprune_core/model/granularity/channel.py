@@ -39,13 +39,13 @@ class ChannelGranularity(Granularity):
     def units(self, structure: ModelStructure) -> UnitSet:
         return per_layer_units(self.name, (
             (site.index, site.mlp.intermediate_size, channel_cost(site.mlp))
-            for site in structure.layers
+            for site in structure.layers if site.mlp is not None
         ))
 
     def install(self, structure: ModelStructure, units: UnitSet,
                 row_masks: torch.Tensor) -> list[Handle]:
         def target(layer: int) -> tuple[nn.Linear, int, int]:
-            site = structure.layers[layer].mlp
+            site = structure.layers[layer].dense_mlp()
             return site.down_proj, site.intermediate_size, 1
 
         return install_input_masks(units, row_masks, target)
@@ -60,7 +60,7 @@ class ChannelGranularity(Granularity):
 def remove_channels(structure: ModelStructure, layer: int, dropped: torch.Tensor) -> None:
     """Cut the channels ``dropped`` (indices into the layer's current width) out of layer
     ``layer``'s MLP."""
-    site = structure.layers[layer].mlp
+    site = structure.layers[layer].dense_mlp()
     channels = kept_indices(site.intermediate_size, dropped)
     keep_block_rows(site.gate_up_blocks(), (channels, channels))
     keep_columns(site.down_proj, channels)

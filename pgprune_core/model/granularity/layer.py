@@ -155,7 +155,10 @@ class LayerGranularity(Granularity):
                 setattr(config, name, [v for i, v in enumerate(values) if i not in dropped])
         structure.layers = [site for site in structure.layers if site.index not in dropped]
         for new_index, site in enumerate(structure.layers):
-            site.index = site.attention.layer = site.mlp.layer = new_index
+            site.index = site.attention.layer = new_index
+            for part in (site.mlp, site.experts):
+                if part is not None:
+                    part.layer = new_index
             for module in (site.attention.module, site.module):
                 if hasattr(module, "layer_idx"):
                     setattr(module, "layer_idx", new_index)  # noqa: B010

@@ -30,20 +30,20 @@ class MlpGranularity(Granularity):
     def units(self, structure: ModelStructure) -> UnitSet:
         return per_layer_units(self.name, (
             (site.index, 1, site.mlp.intermediate_size * channel_cost(site.mlp))
-            for site in structure.layers if site.mlp.intermediate_size
+            for site in structure.layers if site.mlp is not None and site.mlp.intermediate_size
         ))
 
     def install(self, structure: ModelStructure, units: UnitSet,
                 row_masks: torch.Tensor) -> list[Handle]:
         def target(layer: int) -> tuple[nn.Linear, int, int]:
-            site = structure.layers[layer].mlp
+            site = structure.layers[layer].dense_mlp()
             return site.down_proj, 1, site.intermediate_size
 
         return install_input_masks(units, row_masks, target)
 
     def remove(self, structure: ModelStructure, units: UnitSet, keep: torch.Tensor) -> None:
         for layer, (_, kept) in by_layer(units, keep.bool()).items():
-            width = structure.layers[layer].mlp.intermediate_size
+            width = structure.layers[layer].dense_mlp().intermediate_size
             if not bool(kept[0]) and width:
                 remove_channels(structure, layer, torch.arange(width))
 
