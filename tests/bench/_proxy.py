@@ -44,3 +44,15 @@ def smollm2_dir() -> Path | None:
     subprocess.run([sys.executable, str(SMOLLM2_ASSET / "to_hf.py"), str(SMOLLM2_CACHE)],
                    check=True, stdout=sys.stderr)
     return SMOLLM2_CACHE
+
+
+def skipped_for_missing_assets(args: argparse.Namespace) -> bool:
+    """Print ``{"skipped": ...}`` and return True when a model or text of the setting is
+    missing (``../shared`` is never part of the project)."""
+    import json
+
+    for path in (args.model, args.calib_file, args.eval_file):
+        if not Path(path).exists():
+            print(json.dumps({"skipped": f"missing benchmark asset: {path}"}))
+            return True
+    return False

@@ -48,7 +48,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from _proxy import add_proxy_setting
+from _proxy import add_proxy_setting, skipped_for_missing_assets
 
 RATES = "0.3,0.4,0.5"
 
@@ -130,10 +130,8 @@ def run_grid(name: str, grid_args: list[str], args: argparse.Namespace) -> dict[
 def main() -> None:
     args = parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    for path in (args.model, args.calib_file, args.eval_file):
-        if not Path(path).exists():
-            print(json.dumps({"skipped": f"missing benchmark asset: {path}"}))
-            return
+    if skipped_for_missing_assets(args):
+        return
     available = grids(args.steps, args.rates, args.seeds)
     chosen = [g.strip() for g in args.grids.split(",") if g.strip()]
     unknown = [g for g in chosen if g not in available]

@@ -32,7 +32,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from _proxy import add_proxy_setting
+from _proxy import add_proxy_setting, skipped_for_missing_assets
 
 
 def parse_args() -> argparse.Namespace:
@@ -130,10 +130,8 @@ def plot(results: dict[str, Any], path: Path) -> None:
 def main() -> None:
     args = parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    for path in (args.model, args.calib_file, args.eval_file):
-        if not Path(path).exists():
-            print(json.dumps({"skipped": f"missing benchmark asset: {path}"}))
-            return
+    if skipped_for_missing_assets(args):
+        return
     work = Path(args.work)
     saved = work / "time_to_quality.json"
     # estimators measured by earlier invocations in the same WORK stay in the table and plot
