@@ -109,6 +109,10 @@ class ModelSource:
     dtype: str = "float32"
     device: str = "cpu"
     device_map: str | None = None
+    #: with ``device_map``: the most memory per device (``{"cpu": "8GiB", "cuda:0": "20GiB"}``);
+    #: what does not fit is offloaded (to the CPU, then to ``offload_folder`` on disk)
+    max_memory: Mapping[str, int | str] | None = None
+    offload_folder: str | None = None
     revision: str | None = None
     trust_remote_code: bool = False
 
@@ -198,6 +202,9 @@ class Initializer(Plugin):
     #: granularity kinds this initializer can score
     kinds: ClassVar[frozenset[str]] = frozenset({"channel", "head", "layer"})
     needs_calibration: ClassVar[bool] = False
+    #: back-propagates into the weights (offloaded weights, which live on ``meta`` between
+    #: forwards, cannot hold gradients: such a model is refused before any work)
+    needs_weight_gradients: ClassVar[bool] = False
 
     @abc.abstractmethod
     def scores(self, ctx: InitContext) -> torch.Tensor:

@@ -24,6 +24,8 @@ FLAG_KEYS: dict[str, str] = {
     "dtype": "model.dtype",
     "device": "model.device",
     "device_map": "model.device_map",
+    "max_memory": "model.max_memory",
+    "offload_folder": "model.offload_folder",
     "estimator": "estimator.name",
     "granularity": "pruning.granularity",
     "prune_rate": "pruning.prune_rate",
@@ -66,6 +68,8 @@ def config_options(action: Callable[..., Any]) -> Callable[..., Any]:
         dtype: Annotated[str | None, typer.Option(help="float32, bfloat16 or float16.", rich_help_panel=PANEL_MODEL)] = None,
         device: Annotated[str | None, typer.Option(help="cpu, cuda or cuda:N.", rich_help_panel=PANEL_MODEL)] = None,
         device_map: Annotated[str | None, typer.Option(help="accelerate device map, e.g. auto.", rich_help_panel=PANEL_MODEL)] = None,
+        max_memory: Annotated[str | None, typer.Option(help="With --device-map: memory per device, e.g. cuda:0=20GiB,cpu=64GiB (the rest is offloaded).", rich_help_panel=PANEL_MODEL)] = None,
+        offload_folder: Annotated[str | None, typer.Option(help="With --device-map: directory for weights offloaded to disk.", rich_help_panel=PANEL_MODEL)] = None,
         estimator: Annotated[str | None, typer.Option(help=f"Estimator: {_choices('estimator')}.", rich_help_panel=PANEL_PRUNE)] = None,
         granularity: Annotated[str | None, typer.Option(help=f"Comma-separated granularities: {_choices('granularity')}.", rich_help_panel=PANEL_PRUNE)] = None,
         prune_rate: Annotated[float | None, typer.Option(help="Fraction of the budget to remove, in (0, 1).", rich_help_panel=PANEL_PRUNE)] = None,
@@ -87,7 +91,8 @@ def config_options(action: Callable[..., Any]) -> Callable[..., Any]:
     ) -> Any:
         values = {
             "model": model, "adapter": adapter, "dtype": dtype, "device": device,
-            "device_map": device_map, "estimator": estimator, "granularity": granularity,
+            "device_map": device_map, "max_memory": max_memory,
+            "offload_folder": offload_folder, "estimator": estimator, "granularity": granularity,
             "prune_rate": prune_rate, "budget": budget, "protect_layers": protect_layers,
             "init": init, "schedule": schedule, "calib": calib, "calib_file": calib_file,
             "eval": eval, "eval_file": eval_file, "evaluator": evaluator, "steps": steps,

@@ -30,6 +30,9 @@ TORCH_DTYPES: dict[str, torch.dtype] = {
 }
 DTYPES: tuple[str, ...] = tuple(TORCH_DTYPES)
 
+#: a memory size as accelerate reads it: bytes, or a number with a unit (500MB, 20GiB)
+MEMORY_SIZE = r"\d+(\.\d+)?\s*([KMGT]i?B)?"
+
 #: the evaluators of a run (and of ``pgprune eval``) when none is named
 DEFAULT_EVALUATORS: tuple[str, ...] = ("perplexity", "efficiency")
 
@@ -51,6 +54,11 @@ class ModelSection(Section):
     device: str = "cpu"
     #: e.g. "auto" (needs accelerate) to spread a large model over GPUs; overrides device
     device_map: str | None = None
+    #: with device_map: the most memory per device, e.g. {"cuda:0": "20GiB", "cpu": "64GiB"}
+    #: (or "cuda:0=20GiB,cpu=64GiB"); what does not fit goes to the CPU, then to disk
+    max_memory: dict[str, int | str] | None = None
+    #: with device_map: where weights offloaded to disk are written when they must be
+    offload_folder: str | None = None
     revision: str | None = None
     trust_remote_code: bool = False
 
@@ -59,6 +67,25 @@ class ModelSection(Section):
     def _device(cls, value: str) -> str:
         if not re.fullmatch(r"cpu|mps|cuda(:\d+)?", value):
             raise ValueError(f"device must be cpu, mps, cuda or cuda:N, got {value!r}")
+        return value
+
+    @field_validator("max_memory", mode="before")
+    @classmethod
+    def _max_memory(cls, value: Any) -> Any:
+        if isinstance(value, str):  # the flag's form: "cuda:0=20GiB,cpu=64GiB"
+            pairs = [part.partition("=") for part in value.split(",") if part.strip()]
+            if any(not sep for _, sep, _ in pairs):
+                raise ValueError(f"max_memory must look like cuda:0=20GiB,cpu=64GiB, got {value!r}")
+            value = {key.strip(): size.strip() for key, _, size in pairs}
+        if isinstance(value, dict):
+            for key, size in value.items():
+                if not re.fullmatch(r"cpu|mps|\d+|cuda:\d+", str(key)):
+                    raise ValueError(f"max_memory devices are cpu, mps, N or cuda:N, got {key!r}")
+                if not (isinstance(size, int) and size > 0) and not (
+                        isinstance(size, str) and re.fullmatch(MEMORY_SIZE, size.strip())):
+                    raise ValueError(f"max_memory[{key!r}] must be bytes or a size like 20GiB "
+                                     f"or 500MB, got {size!r}")
+            return {str(key): size for key, size in value.items()}
         return value
 
 

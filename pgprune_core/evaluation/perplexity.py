@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from pgprune_core.errors import DataError
+from pgprune_core.model.placement import input_device
 from pgprune_core.report.progress import Reporter, SilentReporter
 
 
@@ -65,7 +66,7 @@ def perplexity(
     """
     windows = windows_of(tokens, seq_len, max_windows, name)
     if device is None:
-        device = next(model.parameters()).device
+        device = input_device(model)
     reporter = reporter or SilentReporter()
     batches = list(torch.split(windows, batch_size))
     nll_sum = torch.zeros((), dtype=torch.float64, device=device)

@@ -15,6 +15,7 @@ import torch
 
 from pgprune_core.errors import ConfigError, DataError
 from pgprune_core.interfaces import InitContext, Initializer
+from pgprune_core.model.placement import has_offloaded_weights
 
 
 class CheckedInitializer(Initializer):
@@ -39,10 +40,22 @@ def check_context(initializer: Initializer, ctx: InitContext) -> None:
             f"initializer '{name}' cannot score {', '.join(unsupported)} units; "
             f"it scores: {', '.join(sorted(initializer.kinds))}"
         )
+    check_weights_reachable(type(initializer), ctx.model)
     if initializer.needs_calibration and ctx.calibration is None:
         raise DataError(
             f"initializer '{name}' needs calibration data, but none was given "
             f"(set data.calib or data.calib_file, or choose random, uniform or magnitude)"
+        )
+
+
+def check_weights_reachable(initializer: type[Initializer], model: torch.nn.Module) -> None:
+    """Refuse an initializer that needs the weights' gradients on a model whose weights
+    are offloaded (accelerate keeps them on ``meta`` between forwards)."""
+    if initializer.needs_weight_gradients and has_offloaded_weights(model):
+        raise ConfigError(
+            f"initializer '{initializer.name}' needs gradients of the weights, which offloaded "
+            f"weights (model.max_memory, disk offload) cannot hold; use wanda-sp or magnitude, "
+            f"or give the model enough device memory to load without offload"
         )
 
 

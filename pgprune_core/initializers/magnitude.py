@@ -18,6 +18,7 @@ from pgprune_core.config.base import InitializerConfig
 from pgprune_core.initializers.base import CheckedInitializer
 from pgprune_core.initializers.unit_params import gather_units, layer_unit_sums
 from pgprune_core.interfaces import InitContext
+from pgprune_core.model.placement import onloaded
 from pgprune_core.model.structure import LayerSite
 from pgprune_core.plugin.hookspecs import hookimpl
 
@@ -39,9 +40,11 @@ class MagnitudeInitializer(CheckedInitializer):
 
 
 def unit_rms(site: LayerSite, kind: str) -> torch.Tensor:
-    """float32 [units of ``kind`` in the layer]: RMS of each unit's own entries."""
-    squares = layer_unit_sums(site, kind, lambda p: p.detach().square())
-    counts = layer_unit_sums(site, kind, lambda p: torch.ones_like(p, dtype=torch.float32))
+    """float32 [units of ``kind`` in the layer]: RMS of each unit's own entries (an
+    offloaded layer's weights are read in for the call, one layer at a time)."""
+    with onloaded(site.module):
+        squares = layer_unit_sums(site, kind, lambda p: p.detach().square())
+        counts = layer_unit_sums(site, kind, lambda p: torch.ones_like(p, dtype=torch.float32))
     return (squares / counts).sqrt()
 
 

@@ -20,7 +20,8 @@ the model again) plus the activations of one batch kept for autograd (they grow 
 ``batch_size x seq_len x n_layers``).  A float32 model therefore needs about 2x its
 weights; an fp16/bf16 model also gets a float32 accumulator of the gradients (about 4x its
 half-precision weights).  It is the most memory-hungry initializer: every other one needs
-forward passes only.  Embeddings and the LM head get no gradient.  ``requires_grad`` and any existing ``.grad``
+forward passes only.  A model whose weights are offloaded (accelerate) is refused: its
+weights exist only during their module's forward and cannot accumulate gradients.  Embeddings and the LM head get no gradient.  ``requires_grad`` and any existing ``.grad``
 of the model's parameters are restored afterwards.
 """
 
@@ -47,6 +48,7 @@ class TaylorInitializer(CheckedInitializer):
     name = "taylor"
     kinds = frozenset({"channel", "head", "attention", "mlp", "layer"})
     needs_calibration = True
+    needs_weight_gradients = True
 
     class Config(InitializerConfig):
         #: calibration windows (LLM-Pruner: 10 examples)

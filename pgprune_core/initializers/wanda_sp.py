@@ -33,6 +33,7 @@ from pgprune_core.initializers.activations import InputSquares, collect_input_sq
 from pgprune_core.initializers.base import CheckedInitializer, calibration_batches
 from pgprune_core.initializers.unit_params import gather_units
 from pgprune_core.interfaces import InitContext
+from pgprune_core.model.placement import onloaded
 from pgprune_core.model.structure import LayerSite
 from pgprune_core.plugin.hookspecs import hookimpl
 
@@ -75,8 +76,9 @@ class WandaSpInitializer(CheckedInitializer):
 def _column_metric(linear: torch.nn.Linear, inputs: InputSquares) -> torch.Tensor:
     """mean_i |W_ij| sqrt(n_j): one value per input column j."""
     norms = inputs.mean().sqrt()
-    weight = linear.weight.detach().to(torch.float32).abs()
-    return (weight * norms.to(weight.device)).mean(0)
+    with onloaded(linear):
+        weight = linear.weight.detach().to(torch.float32).abs()
+        return (weight * norms.to(weight.device)).mean(0)
 
 
 def channel_scores(site: LayerSite, inputs: InputSquares) -> torch.Tensor:

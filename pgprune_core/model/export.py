@@ -34,6 +34,7 @@ from torch import nn
 from pgprune_core.errors import ExportError
 from pgprune_core.interfaces import ModelAdapter
 from pgprune_core.model import decilm_modeling, pruned_modeling
+from pgprune_core.model.placement import full_state_dict
 from pgprune_core.model.structure import ModelStructure, ModuleNames
 from pgprune_core.model.surgery import (
     SECTION,
@@ -258,7 +259,8 @@ def _export_hf(model: nn.Module, tokenizer: Any, target: Path, structure: ModelS
         config.sliding_window = None
     config.architectures = [cls.__name__]
     with atomic_dir(target) as tmp:
-        params = _save_with_weights(_meta_model(cls, config), model.state_dict(), tmp, tokenizer)
+        params = _save_with_weights(_meta_model(cls, config), full_state_dict(model), tmp,
+                                    tokenizer)
     return ExportResult(target, "hf", params, notes)
 
 
@@ -267,7 +269,7 @@ def _renumbered(model: nn.Module, origins: list[int], dropped: set[str]) -> dict
     starts with one of ``dropped`` (already renumbered) left out."""
     prefix = ModuleNames().layers + "."
     out = {}
-    for name, tensor in model.state_dict().items():
+    for name, tensor in full_state_dict(model).items():
         if name.startswith(prefix):
             index, _, rest = name[len(prefix):].partition(".")
             name = f"{prefix}{origins[int(index)]}.{rest}"

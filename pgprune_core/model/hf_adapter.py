@@ -13,6 +13,7 @@ describing and error reporting are the same for all of them and live here once.
 from __future__ import annotations
 
 import importlib.util
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, ClassVar, cast
 
@@ -60,6 +61,12 @@ def load_model_config(name_or_path: str, *, revision: str | None = None,
     except Exception as exc:  # transformers raises OSError, ValueError, JSON errors, ...
         where = path / "config.json" if path.is_dir() else f"hub id '{name_or_path}'"
         raise ModelError(f"cannot read the model config from {where}: {first_line(exc)}") from exc
+
+
+def accelerate_max_memory(max_memory: Mapping[str, int | str]) -> dict[int | str, int | str]:
+    """``{"cuda:0": "20GiB", "cpu": "64GiB"}`` as accelerate wants it: GPUs by index."""
+    return {int(key.rpartition(":")[2]) if key.startswith("cuda") or key.isdigit() else key: size
+            for key, size in max_memory.items()}
 
 
 def _adapter_label(name: str, cls: type[ModelAdapter]) -> str:
@@ -127,7 +134,11 @@ class HFDecoderAdapter(ModelAdapter):
     # -- loading ----------------------------------------------------------------------
     def load(self, source: ModelSource) -> LoadedModel:
         """Model (eval mode, gradients off) and tokenizer of a hub id or local directory;
-        a directory saved by pgprune's ``save_pruned`` is rebuilt with its pruned shapes."""
+        a directory saved by pgprune's ``save_pruned`` is rebuilt with its pruned shapes.
+
+        With ``device_map`` the model is dispatched by accelerate (``max_memory`` caps each
+        device; what does not fit is offloaded to the CPU, then to disk; see
+        :mod:`pgprune_core.model.placement`)."""
         from transformers import AutoTokenizer
 
         name = source.name_or_path
@@ -145,6 +156,12 @@ class HFDecoderAdapter(ModelAdapter):
                 raise ModelError(f"device_map={source.device_map!r} needs the accelerate "
                                  f"package: pip install accelerate")
             kwargs["device_map"] = source.device_map
+            if source.max_memory is not None:
+                kwargs["max_memory"] = accelerate_max_memory(source.max_memory)
+            if source.offload_folder is not None:
+                kwargs["offload_folder"] = source.offload_folder
+        elif source.max_memory is not None or source.offload_folder is not None:
+            raise ModelError("max_memory and offload_folder need a device_map (e.g. auto)")
         else:
             try:
                 device = torch.device(source.device)

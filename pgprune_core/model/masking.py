@@ -19,6 +19,7 @@ from torch import nn
 
 from pgprune_core.interfaces import Granularity, Handle
 from pgprune_core.interfaces import LossOracle as LossOracleProtocol
+from pgprune_core.model.placement import input_device
 from pgprune_core.model.structure import ModelStructure, UnitLayout
 
 #: upper bound on the elements of the temporaries of one cross-entropy chunk (64 MiB fp32)
@@ -134,8 +135,8 @@ class LossOracle(LossOracleProtocol):
     @property
     def device(self) -> torch.device:
         """Where input ids go: the device of the input embeddings (first stage of a
-        ``device_map`` model)."""
-        return self.model.get_input_embeddings().weight.device
+        ``device_map`` model, also when its weights are offloaded)."""
+        return input_device(self.model)
 
     def losses(self, batch: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
         """float32 [N]: forward only, no autograd."""

@@ -99,13 +99,36 @@ def check_output_format(config: RunConfig) -> None:
                           f"--pruning.shape {shapes[0]}")
 
 
+def check_placement(config: RunConfig) -> None:
+    """``max_memory`` and ``offload_folder`` belong to a device map; a size a device
+    cannot have is refused before loading."""
+    model = config.model
+    if model.device_map is None:
+        named = [key for key in ("max_memory", "offload_folder") if getattr(model, key) is not None]
+        if named:
+            raise ConfigError(f"model.{named[0]} needs model.device_map (e.g. --device-map auto)")
+        return
+    for key in model.max_memory or {}:
+        if key.startswith("cuda") or key.isdigit():
+            check_device(key if key.startswith("cuda") else f"cuda:{key}")
+
+
 def preflight(config: RunConfig, registry: Registry) -> None:
     """Every cheap check, in the order a user would want to hear about them."""
     check_files(config)
     check_output_format(config)
+    check_placement(config)
     if config.model.device_map is None:
         check_device(config.model.device)
     check_initializer(config, registry)
+
+
+def check_loaded_model(config: RunConfig, prep: Any, registry: Registry) -> None:
+    """What only the loaded model tells: whether the initializer can use its weights
+    (offloaded ones cannot hold gradients)."""
+    from pgprune_core.initializers.base import check_weights_reachable
+
+    check_weights_reachable(registry.cls("initializer", config.init.name), prep.loaded.model)
 
 
 def check_rate_leaves_units(config: RunConfig, prep: Any) -> None:

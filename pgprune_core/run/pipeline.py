@@ -24,6 +24,7 @@ from pgprune_core.demo import apply_demo_defaults
 from pgprune_core.errors import ConfigError, Interrupted, PgpruneError, RunDirError
 from pgprune_core.evaluation.memory import PeakMemory
 from pgprune_core.interfaces import EvalContext, Granularity, InitContext, ModelSource
+from pgprune_core.model.placement import input_device
 from pgprune_core.model.structure import ModelStructure, UnitLayout
 from pgprune_core.optim.budget import Budget, protected_mask
 from pgprune_core.optim.checkpoint import LoopState
@@ -88,6 +89,8 @@ def load_model(config: RunConfig, registry: Registry, reporter: Reporter) -> tup
             dtype=config.model.dtype,
             device=config.model.device,
             device_map=config.model.device_map,
+            max_memory=config.model.max_memory,
+            offload_folder=config.model.offload_folder,
             revision=config.model.revision,
             trust_remote_code=config.model.trust_remote_code,
         )
@@ -120,7 +123,7 @@ def prepare(config: RunConfig, registry: Registry, reporter: Reporter) -> Prepar
         )
     protected = protected_mask(layout, structure.n_layers, first, last)
     budget = make_budget(config, layout, config.pruning.prune_rate, protected)
-    device = next(loaded.model.parameters()).device
+    device = input_device(loaded.model)
     return Prepared(adapter_name, loaded, structure, granularities, layout, budget, protected, device,
                     structure.n_layers)
 
@@ -205,7 +208,7 @@ def evaluate(config: RunConfig, model: Any, tokenizer: Any, label: str, registry
 
     datasets = eval_sources(config.data)
     metrics: dict[str, Any] = {"params": sum(p.numel() for p in model.parameters())}
-    device = next(model.parameters()).device
+    device = input_device(model)
     for entry in config.evaluation.evaluators:
         reporter.phase(f"evaluating the {label} model: {entry.name}")
         evaluator = registry.cls("evaluator", entry.name)(entry)
@@ -338,7 +341,7 @@ def _run(config: RunConfig, reporter: Reporter, resume: Path | None, registry: R
 
 def _run_in(config: RunConfig, reporter: Reporter, resume: Path | None, registry: Registry,
             run: RunDir, clock: _Clock) -> RunResult:
-    from pgprune_core.run.checks import check_rate_leaves_units
+    from pgprune_core.run.checks import check_loaded_model, check_rate_leaves_units
 
     digest = config_digest(config)
     torch.manual_seed(config.training.seed)
@@ -350,6 +353,7 @@ def _run_in(config: RunConfig, reporter: Reporter, resume: Path | None, registry
 
     prep = prepare(config, registry, reporter)
     check_rate_leaves_units(config, prep)
+    check_loaded_model(config, prep, registry)
     model, tokenizer = prep.loaded.model, prep.loaded.tokenizer
 
     # dense metrics (saved, so a resumed run does not measure them again)

@@ -42,6 +42,7 @@ from pgprune_core.model.granularity.rowmask import (
     is_all_ones,
     per_layer_units,
 )
+from pgprune_core.model.placement import editing
 from pgprune_core.model.pruned_modeling import set_expert_count
 from pgprune_core.model.structure import ExpertSite, ModelStructure, UnitSet
 from pgprune_core.plugin.hookspecs import hookimpl
@@ -146,7 +147,7 @@ def remove_experts(site: ExpertSite, kept: torch.Tensor) -> None:
         value = old.detach().index_select(0, kept.to(old.device)).contiguous()
         setattr(module, name, nn.Parameter(value, requires_grad=old.requires_grad))
 
-    with torch.no_grad():
+    with editing(site.experts), editing(site.router), torch.no_grad():
         for name in site.expert_params:
             select(site.experts, name)
         select(site.router, "weight")

@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from pgprune_core.interfaces import Handle
+from pgprune_core.model.placement import module_device
 from pgprune_core.model.structure import UnitSet
 
 _ROWS: ContextVar[torch.Tensor | None] = ContextVar("pgprune_computing_rows", default=None)
@@ -133,7 +134,7 @@ def install_input_masks(
         mask = full_width(index, columns, width)
         if features > 1:
             mask = mask.repeat_interleave(features, dim=1)
-        weight = module.weight
-        mask = mask.to(device=weight.device, dtype=weight.dtype)
+        # an offloaded module's weight is on "meta": the mask goes where the module computes
+        mask = mask.to(device=module_device(module), dtype=module.weight.dtype)
         handles.append(module.register_forward_pre_hook(input_scaler(mask)))
     return handles

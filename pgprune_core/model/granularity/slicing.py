@@ -2,7 +2,9 @@
 
 Surgery keeps the module objects (and so their names, devices, dtypes and any hooks a caller
 installed) and swaps only their weight tensors: the pruned model is the same object graph
-with smaller matrices, which is what ``save_pretrained`` and the KV cache expect.
+with smaller matrices, which is what ``save_pretrained`` and the KV cache expect.  The
+weights of an offloaded module (accelerate) are read in, cut and offloaded again one
+module at a time (:func:`~pgprune_core.model.placement.editing`).
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from pgprune_core.model.placement import editing
 from pgprune_core.model.structure import RowBlock
 
 
@@ -22,8 +25,8 @@ def _replace(linear: nn.Linear, name: str, value: torch.Tensor) -> None:
 
 def keep_rows(linear: nn.Linear, rows: torch.Tensor) -> None:
     """Keep only the output features ``rows`` (int64 indices, in order) of ``linear``."""
-    rows = rows.to(linear.weight.device)
-    with torch.no_grad():
+    with editing(linear), torch.no_grad():
+        rows = rows.to(linear.weight.device)
         _replace(linear, "weight", linear.weight.index_select(0, rows))
         if linear.bias is not None:
             _replace(linear, "bias", linear.bias.index_select(0, rows))
@@ -44,8 +47,8 @@ def keep_block_rows(blocks: Sequence[RowBlock], kept: Sequence[torch.Tensor]) ->
 
 def keep_columns(linear: nn.Linear, columns: torch.Tensor) -> None:
     """Keep only the input features ``columns`` of ``linear`` (its bias is untouched)."""
-    columns = columns.to(linear.weight.device)
-    with torch.no_grad():
+    with editing(linear), torch.no_grad():
+        columns = columns.to(linear.weight.device)
         _replace(linear, "weight", linear.weight.index_select(1, columns))
     linear.in_features = int(columns.numel())
 
