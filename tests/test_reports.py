@@ -67,3 +67,24 @@ def test_report_sections_and_images(tmp_path):
 def test_single_side_report_has_no_ratio_column():
     text = render_report({"pruned": {"params": 10, "ppl": {"x": 2.0}}})
     assert "| metric | pruned |" in text and "pruned / dense" not in text
+
+
+def test_peak_memory_per_device_rows_where_a_model_spans_devices():
+    by_device = {"dense": {"cpu": 3 * 2**30, "cuda:0": 2**30, "cuda:1": 2**29},
+                 "pruned": {"cpu": 3 * 2**30, "cuda:0": 2**29, "cuda:1": 2**28}}
+    sides = [{**METRICS[side], "forward": {**METRICS[side]["forward"], "memory_method": "cuda",
+                                           "peak_memory_by_device": by_device[side]}}
+             for side in ("dense", "pruned")]
+    rows = {r.label: r for r in comparison_rows(sides)}
+    assert rows["peak memory of a forward on cuda:1"].values == ["512.0 MiB", "256.0 MiB"]
+    assert rows["peak memory of a forward on cuda:1"].ratio == "0.500×"
+    cpu = rows["peak memory of a forward on cpu, process RSS"]
+    assert cpu.values == ["3,072.0 MiB", "3,072.0 MiB"] and cpu.ratio == ""
+    # one device: no per-device rows (they would repeat the main one)
+    single = [{**side, "forward": {**side["forward"], "peak_memory_by_device": {"cpu": 1}}}
+              for side in sides]
+    assert not [r for r in comparison_rows(single) if "forward on" in r.label]
+    run = {**METRICS["run"], "peak_memory_by_device": {"cpu": 2**30, "cuda:0": 2**31}}
+    text = render_report({**METRICS, "run": run})
+    assert "| peak memory on cuda:0 | 2.00 GiB |" in text
+    assert "| peak memory on cpu (process RSS) | 1.00 GiB |" in text

@@ -58,6 +58,7 @@ class ModelSection(Section):
     #: (or "cuda:0=20GiB,cpu=64GiB"); what does not fit goes to the CPU, then to disk
     max_memory: dict[str, int | str] | None = None
     #: with device_map: where weights offloaded to disk are written when they must be
+    #: (a .bin checkpoint; a safetensors checkpoint is read in place)
     offload_folder: str | None = None
     revision: str | None = None
     trust_remote_code: bool = False

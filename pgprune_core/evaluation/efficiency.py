@@ -19,7 +19,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from pgprune_core.evaluation.memory import PeakMemory
+from pgprune_core.evaluation.memory import DevicePeaks
+from pgprune_core.model.placement import parameter_devices
 
 #: file name endings that hold weights (a model directory's size on disk is theirs)
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
@@ -95,15 +96,18 @@ def random_tokens(model: Any, batch_size: int, length: int, seed: int,
 @torch.no_grad()
 def forward_stats(model: nn.Module, device: torch.device, *, batch_size: int, seq_len: int,
                   repeats: int, warmup: int, seed: int) -> dict[str, Any]:
-    """Median latency and peak memory of one forward pass at ``batch_size x seq_len``."""
+    """Median latency and peak memory of one forward pass at ``batch_size x seq_len``:
+    ``peak_memory_bytes`` on ``device`` (where the input goes), ``peak_memory_by_device``
+    on every device the model uses."""
     batch = random_tokens(model, batch_size, seq_len, seed, device)
 
     def forward() -> None:
         model(input_ids=batch, use_cache=False)
 
     times = timed(forward, device, repeats, warmup)
-    with PeakMemory(device) as peak:
+    with DevicePeaks([device, *parameter_devices(model)]) as peaks:
         forward()
+    peak = peaks.meter(device)
     return {
         "batch_size": batch_size,
         "seq_len": seq_len,
@@ -113,6 +117,8 @@ def forward_stats(model: nn.Module, device: torch.device, *, batch_size: int, se
         "peak_memory_bytes": peak.peak_bytes,
         "peak_memory_delta_bytes": peak.delta_bytes,
         "memory_method": peak.method,
+        # every CUDA device holding the model's weights (tensors) and "cpu" (process RSS)
+        "peak_memory_by_device": peaks.peak_bytes,
     }
 
 

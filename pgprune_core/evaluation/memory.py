@@ -15,13 +15,23 @@ pruned model (Table A2), so both the run pipeline (``run.peak_memory_bytes``) an
   which is the honest number for "how much RAM does this need".  Where ``/proc`` does not
   exist, the peak comes from ``resource.getrusage``, which is the lifetime peak of the
   process (it cannot be reset); :attr:`PeakMemory.method` says which was used.
+
+A model spread over devices (``model.device_map``) is measured by :class:`DevicePeaks`: one
+:class:`PeakMemory` per CUDA device that holds or computes its weights, and the process's
+RSS under ``"cpu"`` (where offloaded weights wait), in one block::
+
+    with DevicePeaks(["cuda:0", "cuda:1"]) as peaks:
+        model(batch)
+    peaks.peak_bytes          # {"cpu": ..., "cuda:0": ..., "cuda:1": ...}
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import threading
+from collections.abc import Iterable
 from pathlib import Path
 from types import TracebackType
 
@@ -113,3 +123,50 @@ class PeakMemory:
         rss = current_rss_bytes()  # the block's last state, in case it ended between samples
         if rss is not None:
             self.peak_bytes = max(self.peak_bytes, rss)
+
+
+def device_key(device: torch.device | str) -> str:
+    """The name a device's peak is reported under: ``cuda:N`` (the current device for a
+    bare ``cuda``), else ``cpu`` (MPS and the CPU are measured as the process's RSS)."""
+    device = torch.device(device)
+    if device.type != "cuda":
+        return "cpu"
+    index = torch.cuda.current_device() if device.index is None else device.index
+    return f"cuda:{index}"
+
+
+class DevicePeaks:
+    """Peak memory of a block on several devices at once: every CUDA device among
+    ``devices`` (tensors allocated, as :class:`PeakMemory` measures one) and, always, the
+    process's RSS under ``"cpu"``."""
+
+    def __init__(self, devices: Iterable[torch.device | str] = (), interval_s: float = 0.005) -> None:
+        cuda = sorted({device_key(d) for d in devices if torch.device(d).type == "cuda"},
+                      key=lambda key: int(key.partition(":")[2]))
+        self.meters = {key: PeakMemory(key, interval_s) for key in ["cpu", *cuda]}
+        self._stack: contextlib.ExitStack | None = None
+
+    def meter(self, device: torch.device | str) -> PeakMemory:
+        """The measurement of one device (``cpu``: the RSS one)."""
+        return self.meters[device_key(device)]
+
+    @property
+    def peak_bytes(self) -> dict[str, int]:
+        return {key: int(meter.peak_bytes) for key, meter in self.meters.items()}
+
+    def __enter__(self) -> DevicePeaks:
+        with contextlib.ExitStack() as stack:
+            for meter in self.meters.values():
+                stack.enter_context(meter)
+            self._stack = stack.pop_all()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._stack is not None:
+            self._stack.__exit__(exc_type, exc, tb)
+            self._stack = None

@@ -120,10 +120,15 @@ def comparison_rows(sides: Sequence[Side]) -> list[Row]:
             specs.append((f"{task} {metric} (%)", ("zero_shot", task, metric), fmt_pct))
     specs.append(("zero-shot average acc (%)", ("zero_shot_average",), fmt_pct))
     forward = _shape(sides, "forward", ("batch_size", "seq_len"))
+    # per device only where there is more than one (one would repeat the row above)
+    devices = _union([side.get("forward") or {} for side in sides], "peak_memory_by_device")
+    devices = devices if len(devices) > 1 else []
     specs += [
         (f"forward latency ({forward})", ("forward", "latency_s"), fmt_ms),
         (f"peak memory of a forward ({forward}{'' if memory_ratio else ', process RSS'})",
          ("forward", "peak_memory_bytes"), fmt_mib),
+        *[(f"peak memory of a forward on {key}" + (", process RSS" if key == "cpu" else ""),
+           ("forward", "peak_memory_by_device", key), fmt_mib) for key in devices],
         ("weights in memory", ("model_bytes",), fmt_mib),
         ("size on disk", ("disk_bytes",), fmt_mib),
         (f"generation ({_shape(sides, 'generation', ('batch_size', 'new_tokens'))} tokens)",
@@ -139,9 +144,19 @@ def comparison_rows(sides: Sequence[Side]) -> list[Row]:
         for sub in _union(sides, key):
             if any(_num(_get(side, (key, sub))) is not None for side in sides):
                 specs.append((f"{key} {sub}", (key, sub), fmt_generic))
-    rows = [_row(label, sides, path, fmt, memory_ratio or path[-1] != "peak_memory_bytes")
+    rows = [_row(label, sides, path, fmt, _ratio_meaningful(path, memory_ratio))
             for label, path, fmt in specs]
     return [row for row in rows if row is not None]
+
+
+def _ratio_meaningful(path: Sequence[str], cuda_memory: bool) -> bool:
+    """A pruned/dense ratio is shown for every row but RSS peaks (see
+    :func:`~pgprune_core.evaluation.efficiency.peak_memory_comparable`)."""
+    if path[-1] == "peak_memory_bytes":
+        return cuda_memory
+    if len(path) >= 2 and path[-2] == "peak_memory_by_device":
+        return path[-1] != "cpu"
+    return True
 
 
 def _union_keys(sides: Sequence[Side]) -> list[str]:
@@ -200,6 +215,10 @@ def _cost_rows(run: Mapping[str, Any], loop_key: str, loop_label: str) -> list[t
     if "peak_memory_bytes" in run:
         method = f" ({run['peak_memory_method']})" if run.get("peak_memory_method") else ""
         rows.append(("peak memory", f"{run['peak_memory_bytes'] / 2**30:.2f} GiB{method}"))
+    by_device = run.get("peak_memory_by_device") or {}
+    if len(by_device) > 1:
+        rows += [(f"peak memory on {key}" + (" (process RSS)" if key == "cpu" else ""),
+                  f"{value / 2**30:.2f} GiB") for key, value in by_device.items()]
     return rows
 
 

@@ -22,9 +22,9 @@ import torch
 from pgprune_core.config.sections import RunConfig
 from pgprune_core.demo import apply_demo_defaults
 from pgprune_core.errors import ConfigError, Interrupted, PgpruneError, RunDirError
-from pgprune_core.evaluation.memory import PeakMemory
+from pgprune_core.evaluation.memory import DevicePeaks
 from pgprune_core.interfaces import EvalContext, Granularity, InitContext, ModelSource
-from pgprune_core.model.placement import input_device
+from pgprune_core.model.placement import input_device, parameter_devices
 from pgprune_core.model.structure import ModelStructure, UnitLayout
 from pgprune_core.optim.budget import Budget, protected_mask
 from pgprune_core.optim.checkpoint import LoopState
@@ -387,7 +387,7 @@ def _run_in(config: RunConfig, reporter: Reporter, resume: Path | None, registry
     tokens = calibration_tokens(config, tokenizer, reporter)
     stream = build_stream(config, tokens, config.training.steps if estimator.optimises else 0)
 
-    with PeakMemory(prep.device) as peak:
+    with DevicePeaks([prep.device, *parameter_devices(model)]) as peaks:
         # initial scores (saved: random-progressive and resume reuse them)
         saved_scores = run.read_scores()
         if saved_scores is not None:
@@ -425,6 +425,7 @@ def _run_in(config: RunConfig, reporter: Reporter, resume: Path | None, registry
         else:
             final_scores = scores
             state.finished = True
+    peak = peaks.meter(prep.device)
     keep = prep.budget.final_mask(final_scores)
     run.write_marker(status="optimised")
 
@@ -448,6 +449,8 @@ def _run_in(config: RunConfig, reporter: Reporter, resume: Path | None, registry
             # is what the optimisation itself added (``pgprune compare`` reports both)
             "peak_memory_start_bytes": int(peak.start_bytes),
             "peak_memory_method": peak.method,
+            # every CUDA device holding the model's weights (tensors) and "cpu" (process RSS)
+            "peak_memory_by_device": peaks.peak_bytes,
             "device": str(prep.device),
             "adapter": prep.adapter_name,
             "estimator": config.estimator.name,
