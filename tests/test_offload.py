@@ -253,6 +253,16 @@ def test_run_with_offload_matches_the_run_without(assets, tmp_path):
                                atol=TOL, rtol=0)
 
 
+def test_a_taylor_run_on_offloaded_weights_is_refused_before_any_work(assets, tmp_path):
+    options = offload_options(assets)
+    config = run_config(assets, tmp_path / "run", **{
+        "init.name": "taylor", "model.device_map": "auto",
+        "model.max_memory": options["max_memory"]})
+    with pytest.raises(ConfigError, match="initializer 'taylor' needs gradients"):
+        run_pipeline(config)
+    assert not (tmp_path / "run").exists()  # nothing measured, nothing left behind
+
+
 def test_offload_options_need_a_device_map(assets, tmp_path):
     config = run_config(assets, tmp_path / "run", **{"model.max_memory": "cpu=200MB"})
     assert config.model.max_memory == {"cpu": "200MB"}
