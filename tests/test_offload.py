@@ -294,3 +294,34 @@ def test_the_layer_swap_keeps_the_offloaded_layer_working(pair):
     assert off.structure.layer_list[-1] is last
     torch.testing.assert_close(masked[0], dense[0], atol=TOL, rtol=0)
     assert not torch.allclose(masked[1], dense[1], atol=1e-3)
+
+
+def test_routed_experts_of_an_offloaded_moe_model_mask_and_cut_alike(tmp_path):
+    """Mixtral's fused expert tensors are rewritten at load, so its disk offload goes through
+    the offload folder; masked routing and the expert cut give the whole model's numbers."""
+    from pgprune_core.testing.moe import save_tiny_moe_model
+
+    path = save_tiny_moe_model(tmp_path / "moe", "mixtral")
+    assets = {"model": path, "root": tmp_path}
+    registry = get_registry()
+    adapter = registry.cls("adapter", "mixtral")()
+    setups = []
+    for options in ({}, offload_options(assets)):
+        model = adapter.load(ModelSource(name_or_path=str(path), **options)).model
+        structure = adapter.describe_model(model)
+        granularities = {k: registry.cls("granularity", k)() for k in ("expert", "head")}
+        layout = UnitLayout([g.units(structure) for g in granularities.values()])
+        setups.append((model, structure, granularities, layout))
+    plain, off = setups
+    assert has_offloaded_weights(off[0]) and any((tmp_path / "offload").iterdir())
+    masks = (torch.rand(3, len(plain[3]), generator=torch.Generator().manual_seed(0)) > 0.3)
+    batch = ids(seed=4)
+    want, got = (LossOracle(m, s, lay, g).losses(batch, masks.float()) for m, s, g, lay in setups)
+    torch.testing.assert_close(got, want, atol=TOL, rtol=0)
+    keep = torch.ones(len(plain[3]), dtype=torch.bool)
+    experts = plain[3].offsets["expert"].start
+    keep[experts + torch.tensor([0, 1, 2, 9, 10])] = False  # 3 of layer 0's 8, 2 of layer 1's
+    for _, structure, granularities, layout in setups:
+        prune_model(structure, layout, granularities, keep)
+    assert [s.experts.n_experts for s in off[1].layers] == [5, 6]
+    torch.testing.assert_close(logits(off[0], batch), logits(plain[0], batch), atol=TOL, rtol=0)
