@@ -100,8 +100,8 @@ def check_output_format(config: RunConfig) -> None:
 
 
 def check_placement(config: RunConfig) -> None:
-    """``max_memory`` and ``offload_folder`` belong to a device map; a size a device
-    cannot have is refused before loading."""
+    """``max_memory`` and ``offload_folder`` belong to a device map, and the GPUs that
+    ``max_memory`` names must exist on this machine."""
     model = config.model
     if model.device_map is None:
         named = [key for key in ("max_memory", "offload_folder") if getattr(model, key) is not None]
