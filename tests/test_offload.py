@@ -269,6 +269,11 @@ def test_offload_options_need_a_device_map(assets, tmp_path):
     with pytest.raises(ConfigError, match=r"needs model\.device_map"):
         run_pipeline(config)
     assert not (tmp_path / "run").exists()  # refused before anything was created
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    config = run_config(assets, tmp_path / "run", **{
+        "model.device_map": "auto", "model.max_memory": f"cuda:{gpus}=1GiB,cpu=2GiB"})
+    with pytest.raises(ConfigError, match=f"names cuda:{gpus}, but this machine has {gpus} CUDA"):
+        run_pipeline(config)
     with pytest.raises(ModelError, match="need a device_map"):
         load(assets, offload_folder=str(tmp_path / "offload"))
 

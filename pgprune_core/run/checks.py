@@ -108,9 +108,13 @@ def check_placement(config: RunConfig) -> None:
         if named:
             raise ConfigError(f"model.{named[0]} needs model.device_map (e.g. --device-map auto)")
         return
-    for key in model.max_memory or {}:
-        if key.startswith("cuda") or key.isdigit():
-            check_device(key if key.startswith("cuda") else f"cuda:{key}")
+    gpus = [int(key.rpartition(":")[2]) for key in model.max_memory or {}
+            if key.startswith("cuda") or key.isdigit()]
+    available = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    missing = [index for index in gpus if index >= available]
+    if missing:
+        raise ConfigError(f"model.max_memory names cuda:{missing[0]}, but this machine has "
+                          f"{available} CUDA device(s)")
 
 
 def preflight(config: RunConfig, registry: Registry) -> None:
