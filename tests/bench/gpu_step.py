@@ -495,7 +495,7 @@ def _compiled_run(bench: Bench, hook_guards: bool, masks: torch.Tensor,
         bench.model._compiled_call_impl = None  # back to the eager forward
 
 
-def part_compile(bench: Bench) -> dict[str, Any]:
+def part_compile(bench: Bench, progress: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
     """``torch.compile`` of the model's forward, under dynamo's default (which does not
     guard on module hooks: the mask hooks installed after compiling may be ignored, so
     the masked losses are checked against the eager model's) and with hook guards on
@@ -517,6 +517,7 @@ def part_compile(bench: Bench) -> dict[str, Any]:
             except Exception as exc:
                 out[label] = {"error": f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"}
                 print(f"compile ({label}) failed:\n{traceback.format_exc()}", file=sys.stderr)
+            progress(out)  # the first setting's numbers survive a stop during the second
     finally:
         torch._dynamo.config.skip_nnmodule_hook_guards = saved
     return out
@@ -616,7 +617,11 @@ def main(argv: list[str] | None = None) -> int:
             if profiled is not None:
                 results["profile"] = profiled
         if "compile" in parts:
-            compiled = guarded("compile", lambda: part_compile(b))
+            def progress(so_far: dict[str, Any]) -> None:
+                results["compile"] = so_far
+                partial.write(results)
+
+            compiled = guarded("compile", lambda: part_compile(b, progress))
             if compiled is not None:
                 results["compile"] = compiled
     if args.tiny:
