@@ -42,6 +42,9 @@ from typing import Any
 
 from _proxy import CALIB_FILE, EVAL_FILE, PROXY_MODEL, SMOLLM2_ASSET
 
+#: the asset's file, stored in two parts (``.part0``, ``.part1``)
+GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
 
 def convert(to_hf: Path, parts_dir: Path, out: Path) -> float:
     """Write the HF directory ``out`` from the GGUF parts (once); the seconds it took."""
@@ -149,9 +152,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         model = work / "smollm2-135m-hf"
         if not (model / "config.json").is_file():
-            needed += [Path(args.to_hf), *sorted(Path(args.parts_dir).glob("*.gguf.part*"))[:1]]
-            if len(list(Path(args.parts_dir).glob("*.gguf.part*"))) < 2:
-                needed.append(Path(args.parts_dir) / "SmolLM2-135M-Instruct.Q4_1.gguf.part1")
+            needed += [Path(args.to_hf), *(Path(args.parts_dir) / f"{GGUF}.part{i}" for i in (0, 1))]
     missing = [str(p) for p in needed if not p.exists()]
     if missing:
         print(json.dumps({**results, "skipped": f"missing benchmark asset: {', '.join(missing)}"}))

@@ -3,10 +3,10 @@
 #
 #   1. tests/bench/gpu_step.py: a reinforce step, a dense forward and a gumbel step at
 #      LLaMA-2-7B's shape in bfloat16 (random weights, 8 x 128, N_s = 2): s/step, peak memory,
-#      the FLOP floor, a torch.profiler breakdown (budget STEP_S, default 170 s);
+#      the FLOP floor, a torch.profiler breakdown (budget STEP_S, default 150 s);
 #   2. tests/bench/gpu_smollm2.py: 50 reinforce steps of the paper's protocol on
-#      SmolLM2-135M-Instruct: s/step, peak memory, initial and final loss (SMOLLM2_S, 150 s);
-#   3. tests/bench/gpu_step.py --parts compile: torch.compile of the forward (COMPILE_S, 150 s).
+#      SmolLM2-135M-Instruct: s/step, peak memory, initial and final loss (SMOLLM2_S, 140 s);
+#   3. tests/bench/gpu_step.py --parts compile: torch.compile of the forward (COMPILE_S, 170 s).
 #
 # Each part runs under its own `timeout` and writes its JSON as it goes, so one that fails
 # or runs out of time keeps the others' numbers (and its own finished sub-parts). stdout
@@ -24,7 +24,7 @@
 #   tokenizers, pluggy, typer, rich, pyyaml, numpy, matplotlib, pyarrow, pandas, fsspec,
 #   huggingface_hub, xxhash, requests, tqdm, filelock and setuptools (to build this
 #   checkout); one NVIDIA GPU with room for a 7B model in bfloat16 and its gumbel step
-#   (~25 GB; add GPU_STEP_ARGS=--no-gumbel under ~40 GB);
+#   (~25 GB; GPU_STEP_ARGS=--no-gumbel leaves it out on a GPU under ~40 GB);
 # - this checkout, with the git-ignored folder .gpu-bench/ that tests/bench/gpu_prepare.sh
 #   fills on a machine with PyPI: whl/ (wheels of what such a machine lacks: pydantic,
 #   datasets, gguf and their parts; installed only where the import fails), data/ (the
@@ -42,9 +42,9 @@ PYTHON=${PYTHON:-python3}
 SITE=${SITE:-/tmp/pgprune-gpu-site}
 STAGE=.gpu-bench
 RESULTS_DIR=${RESULTS_DIR:-$(mktemp -d)}
-STEP_S=${STEP_S:-170}
-SMOLLM2_S=${SMOLLM2_S:-150}
-COMPILE_S=${COMPILE_S:-150}
+STEP_S=${STEP_S:-150}
+SMOLLM2_S=${SMOLLM2_S:-140}
+COMPILE_S=${COMPILE_S:-170}
 GPU_STEP_ARGS=${GPU_STEP_ARGS:-}
 MODE=full
 TINY=()
@@ -75,11 +75,19 @@ for pair in pydantic:pydantic pydantic_core:pydantic-core annotated_types:annota
     fi
 done
 install_log="$RESULTS_DIR/install.log"
+# built from a copy, so that no build/ or *.egg-info folder is left in the checkout
+sources=$(mktemp -d)
+mkdir -p "$sources/core"
+cp -r pyproject.toml README.md pgprune_core "$sources/core/"
+for plugin in pgprune-llama pgprune-reinforce pgprune-gumbel; do
+    cp -r "plugins/$plugin" "$sources/$plugin"
+done
 if ! "$PYTHON" -m pip install --no-index --no-deps --no-build-isolation --no-compile \
-        --no-cache-dir --target "$SITE" "${missing[@]}" . plugins/pgprune-llama \
-        plugins/pgprune-reinforce plugins/pgprune-gumbel >"$install_log" 2>&1; then
+        --no-cache-dir --target "$SITE" "${missing[@]}" "$sources/core" "$sources/pgprune-llama" \
+        "$sources/pgprune-reinforce" "$sources/pgprune-gumbel" >"$install_log" 2>&1; then
     log "install failed:"; tail -20 "$install_log" >&2
 fi
+rm -rf "$sources"
 export PYTHONPATH="$SITE${PYTHONPATH:+:$PYTHONPATH}"
 
 # -- the machine ---------------------------------------------------------------------------
