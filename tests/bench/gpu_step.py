@@ -335,6 +335,8 @@ def matmul_tflops(device: torch.device, dtype: torch.dtype, n: int, repeats: int
     b = torch.randn(n, n, device=device, dtype=dtype)
     for _ in range(3):
         a @ b
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
     start = time.perf_counter()
     for _ in range(repeats):
         a @ b
