@@ -85,3 +85,16 @@ def first_line(exc: BaseException) -> str:
     what a one-line error quotes of a library's multi-line exception."""
     lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
     return lines[0] if lines else type(exc).__name__
+
+
+class DistributedError(PgpruneError):
+    """A multi-process run that cannot start (a bad launch) or lost one of its processes."""
+
+
+class EchoedError(PgpruneError):
+    """The error that rank 0 of a ``torchrun`` launch stopped on, as the other ranks see it:
+    they exit with its status, and only rank 0 prints it."""
+
+    def __init__(self, message: str, exit_code: int) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code

@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from pgprune_core.config.base import PluginConfig, declares_name, with_name_literal
+from pgprune_core.parallel import SINGLE, Ranks
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     from pgprune_core.model.structure import ModelStructure, UnitLayout, UnitSet
@@ -194,6 +195,11 @@ class InitContext:
     calibration: Callable[[int, int], Iterator[torch.Tensor]] | None = None
     #: Evaluates losses of masked models without autograd (a :class:`LossOracle`).
     oracle: LossOracle | None = None
+    #: the processes of a ``torchrun`` launch: an initializer that reads calibration data
+    #: itself scores its share of the windows (``calibration_batches(..., shard=True)``)
+    #: and sums its statistics over the ranks (``ranks.all_reduce_sum``), so that every
+    #: rank ends with the one-process scores; the oracle already shares its forwards
+    ranks: Ranks = SINGLE
 
 
 class Initializer(Plugin):

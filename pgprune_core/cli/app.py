@@ -9,7 +9,7 @@ import typer
 from rich.markup import escape
 from typer.core import TyperGroup
 
-from pgprune_core.errors import PgpruneError
+from pgprune_core.errors import EchoedError, PgpruneError
 from pgprune_core.plugin.registry import get_registry
 from pgprune_core.report.console import err_console
 
@@ -45,7 +45,9 @@ class PgpruneGroup(TyperGroup):
         try:
             return super().invoke(ctx)
         except PgpruneError as exc:
-            err_console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
+            if not isinstance(exc, EchoedError):  # under torchrun rank 0 prints it once
+                err_console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False,
+                                  soft_wrap=True)
             ctx.exit(exc.exit_code)
         except KeyboardInterrupt:
             # Ctrl-C outside the optimisation loop (loading, scoring, evaluating): one line and

@@ -59,8 +59,9 @@ from pgprune_core.compare.grid import (
 from pgprune_core.compare.plots import plot_loss_curves, plot_sparsity_by_estimator
 from pgprune_core.compare.report import collect, summarise, write_csv, write_markdown
 from pgprune_core.config.sections import RunConfig
-from pgprune_core.errors import Interrupted
+from pgprune_core.errors import DistributedError, Interrupted
 from pgprune_core.model.masking import LossOracle
+from pgprune_core.parallel import launched_by_torchrun
 from pgprune_core.plugin.registry import Registry, get_registry
 from pgprune_core.report.progress import Reporter, SilentReporter
 from pgprune_core.run.artifacts import atomic_path, atomic_write_json
@@ -300,7 +301,12 @@ def write_manifest(request: CompareRequest, axes: GridAxes, cells: Sequence[Cell
 def run_compare(request: CompareRequest, reporter: CompareReporter | None = None,
                 registry: Registry | None = None) -> CompareOutcome:
     """Run (or continue) every cell of the grid, then write the tables and figures."""
-
+    if launched_by_torchrun():
+        raise DistributedError(
+            "pgprune compare runs its cells one after the other, each in a process of its own, "
+            "and does not run under torchrun; launch each cell with torchrun ... pgprune run "
+            "(pgprune compare --dry-run lists the cells)"
+        )
     reporter = reporter or SilentCompareReporter()
     registry = registry or get_registry()
     axes, cells = build_cells(request, registry)

@@ -197,6 +197,10 @@ class TrainingSection(Section):
     #: torch intra-op CPU threads during the run (None = torch's default: every core);
     #: on a machine shared with other jobs, 1 is often faster for small models
     threads: int | None = Field(default=None, gt=0)
+    #: under torchrun: the longest a rank waits for the others in one collective (a step's
+    #: all-gather, or rank 0's evaluation of the dense model) before the run ends with an
+    #: error instead of hanging
+    collective_timeout_s: float = Field(default=1800.0, gt=0)
 
 
 class OutputSection(Section):

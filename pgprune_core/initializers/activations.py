@@ -20,12 +20,13 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
 
 from pgprune_core.model.structure import LayerSite, ModelStructure
+from pgprune_core.parallel import SINGLE, Ranks
 
 #: positional arguments after the hidden states, and keyword arguments, of one layer call
 Call = tuple[tuple[Any, ...], dict[str, Any]]
@@ -46,6 +47,15 @@ class InputSquares:
         squares = rows.square().sum(0)
         self.total = squares if self.total is None else self.total + squares
         self.tokens += rows.shape[0]
+
+    def summed_over(self, ranks: Ranks, width: int) -> None:
+        """Make the statistics those of all ranks' inputs together (``width``: the
+        module's input features, for a rank that saw no inputs)."""
+        if not ranks.distributed:
+            return
+        total = self.total if self.total is not None else torch.zeros(width, dtype=torch.float32)
+        self.total = ranks.all_reduce_sum(total, "summing the calibration statistics")
+        self.tokens = int(ranks.all_reduce_sum(torch.tensor([self.tokens], dtype=torch.float64))[0])
 
     def mean(self) -> torch.Tensor:
         if self.total is None or self.tokens == 0:
@@ -112,9 +122,11 @@ def collect_input_squares(
     structure: ModelStructure,
     batches: Sequence[torch.Tensor],
     modules: Callable[[LayerSite], Sequence[nn.Module]],
+    ranks: Ranks = SINGLE,
 ) -> list[list[InputSquares]]:
     """``result[i][k]``: statistics of the inputs of ``modules(layer i)[k]`` over all
-    ``batches`` (token ids [B, T]), computed layer by layer on the unpruned model."""
+    ``batches`` (token ids [B, T]), computed layer by layer on the unpruned model; under
+    ``torchrun``, ``batches`` are this rank's share and the statistics those of all ranks."""
     captured = [_capture(structure, input_ids) for input_ids in batches]
     results: list[list[InputSquares]] = []
     for position, site in enumerate(structure.layers):
@@ -133,5 +145,7 @@ def collect_input_squares(
         finally:
             for handle in handles:
                 handle.remove()
+        for module, stat in zip(targets, stats, strict=True):
+            stat.summed_over(ranks, cast(nn.Linear, module).in_features)
         results.append(stats)
     return results

@@ -60,10 +60,15 @@ def check_weights_reachable(initializer: type[Initializer], model: torch.nn.Modu
 
 
 def calibration_batches(
-    ctx: InitContext, n_sequences: int, seq_len: int, batch_size: int
+    ctx: InitContext, n_sequences: int, seq_len: int, batch_size: int, *, shard: bool = False
 ) -> list[torch.Tensor]:
     """The run's ``n_sequences`` calibration windows of ``seq_len`` tokens, regrouped into
     batches of ``batch_size`` rows on ``ctx.device``.
+
+    ``shard``: under ``torchrun``, only this rank's contiguous share of the windows (maybe
+    none); the initializer then sums its statistics over the ranks (``ctx.ranks``).  An
+    initializer that evaluates through ``ctx.oracle`` keeps every window: the oracle
+    already shares its rows.
 
     The stream's own batch size belongs to the optimisation loop; initializers batch for
     their own memory needs (one layer of activations, or one backward pass).
@@ -81,5 +86,7 @@ def calibration_batches(
             RuntimeWarning,
             stacklevel=2,
         )
-    windows = windows[:n_sequences].to(device=ctx.device, dtype=torch.long)
-    return list(windows.split(batch_size))
+    windows = windows[:n_sequences]
+    if shard:
+        windows = windows[ctx.ranks.share(windows.shape[0])]
+    return list(windows.to(device=ctx.device, dtype=torch.long).split(batch_size))

@@ -27,6 +27,7 @@ from pgprune_core.config.base import InitializerConfig
 from pgprune_core.initializers.base import CheckedInitializer, calibration_batches
 from pgprune_core.interfaces import InitContext
 from pgprune_core.model.structure import ExpertSite, ModelStructure
+from pgprune_core.parallel import SINGLE, Ranks
 from pgprune_core.plugin.hookspecs import hookimpl
 
 
@@ -47,9 +48,10 @@ class _Usage:
         return self.weights / max(self.tokens, 1)
 
 
-def routing_usage(model: nn.Module, structure: ModelStructure,
-                  batches: list[torch.Tensor]) -> dict[int, torch.Tensor]:
-    """Per sparse layer, ``score_e`` (module docstring) of its experts over ``batches``."""
+def routing_usage(model: nn.Module, structure: ModelStructure, batches: list[torch.Tensor],
+                  ranks: Ranks = SINGLE) -> dict[int, torch.Tensor]:
+    """Per sparse layer, ``score_e`` (module docstring) of its experts over ``batches``
+    (under ``torchrun``: this rank's share, the usage summed over the ranks)."""
     usage = {site.index: _Usage(site.experts) for site in structure.layers
              if site.experts is not None}
     handles = [structure.layers[layer].experts.router.register_forward_hook(u.hook)  # type: ignore[union-attr]
@@ -61,6 +63,9 @@ def routing_usage(model: nn.Module, structure: ModelStructure,
     finally:
         for handle in handles:
             handle.remove()
+    for u in usage.values():
+        u.weights = ranks.all_reduce_sum(u.weights, "summing the routing statistics")
+        u.tokens = int(ranks.all_reduce_sum(torch.tensor([u.tokens], dtype=torch.float64))[0])
     return {layer: u.scores() for layer, u in usage.items()}
 
 
@@ -81,8 +86,9 @@ class ExpertFrequencyInitializer(CheckedInitializer):
 
     def compute(self, ctx: InitContext) -> torch.Tensor:
         config = cast(ExpertFrequencyInitializer.Config, self.config)
-        batches = calibration_batches(ctx, config.n_sequences, config.seq_len, config.batch_size)
-        usage = routing_usage(ctx.model, ctx.structure, batches)
+        batches = calibration_batches(ctx, config.n_sequences, config.seq_len, config.batch_size,
+                                      shard=True)
+        usage = routing_usage(ctx.model, ctx.structure, batches, ctx.ranks)
         units = ctx.layout["expert"]
         scores = torch.stack([usage[int(layer)][int(index)]
                               for layer, index in zip(units.layer, units.index, strict=True)])

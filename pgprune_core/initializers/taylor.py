@@ -62,9 +62,15 @@ class TaylorInitializer(CheckedInitializer):
 
     def compute(self, ctx: InitContext) -> torch.Tensor:
         config = cast(TaylorInitializer.Config, self.config)
-        batches = calibration_batches(ctx, config.n_sequences, config.seq_len, config.batch_size)
+        batches = calibration_batches(ctx, config.n_sequences, config.seq_len, config.batch_size,
+                                      shard=True)
         params = unit_parameters(ctx.structure, ctx.layout.kinds)
-        grads = weight_gradients(ctx.structure.model, params, batches)
+        # under torchrun each rank back-propagates its share of the windows
+        total_rows = int(ctx.ranks.all_reduce_sum(
+            torch.tensor([sum(batch.shape[0] for batch in batches)], dtype=torch.float64))[0])
+        grads = weight_gradients(ctx.structure.model, params, batches, total_rows)
+        grads = {key: ctx.ranks.all_reduce_sum(grad, "summing the weight gradients")
+                 for key, grad in grads.items()}
 
         def score(site: LayerSite, kind: str) -> torch.Tensor:
             def first_order(param: torch.Tensor) -> torch.Tensor:
@@ -79,10 +85,12 @@ class TaylorInitializer(CheckedInitializer):
 
 
 def weight_gradients(
-    model: nn.Module, params: list[torch.Tensor], batches: list[torch.Tensor]
+    model: nn.Module, params: list[torch.Tensor], batches: list[torch.Tensor],
+    total_rows: int | None = None,
 ) -> dict[int, torch.Tensor]:
     """``{id(param): dL/dparam}`` in float32, L = mean token cross-entropy over all
-    ``batches``; only ``params`` get gradients, and the model's ``requires_grad`` flags and
+    ``batches`` (over ``total_rows`` windows when these batches are one rank's share of
+    them: the ranks' gradients then sum to the gradient of the mean); only ``params`` get gradients, and the model's ``requires_grad`` flags and
     ``.grad`` attributes are as before when this returns (or raises).
 
     float32 parameters accumulate in their own ``.grad`` across batches (no copy); others
@@ -91,7 +99,8 @@ def weight_gradients(
     flags = [p.requires_grad for p in all_params]
     saved_grads = [p.grad for p in all_params]
     accum: dict[int, torch.Tensor] = {}
-    total_rows = sum(batch.shape[0] for batch in batches)
+    if total_rows is None:
+        total_rows = sum(batch.shape[0] for batch in batches)
     try:
         for p in all_params:
             p.requires_grad_(False)

@@ -56,12 +56,13 @@ class WandaSpInitializer(CheckedInitializer):
     def compute(self, ctx: InitContext) -> torch.Tensor:
         config = cast(WandaSpInitializer.Config, self.config)
         kinds = ctx.layout.kinds
-        batches = calibration_batches(ctx, config.n_sequences, config.seq_len, config.batch_size)
+        batches = calibration_batches(ctx, config.n_sequences, config.seq_len, config.batch_size,
+                                      shard=True)
 
         def targets(site: LayerSite) -> list[torch.nn.Module]:
             return [site.attention.o_proj if kind == "head" else site.dense_mlp().down_proj for kind in kinds]
 
-        stats = collect_input_squares(ctx.structure, batches, targets)
+        stats = collect_input_squares(ctx.structure, batches, targets, ctx.ranks)
         by_layer = {site.index: dict(zip(kinds, stats[pos], strict=True))
                     for pos, site in enumerate(ctx.structure.layers)}
 

@@ -21,6 +21,7 @@ from pgprune_core.interfaces import Granularity, Handle
 from pgprune_core.interfaces import LossOracle as LossOracleProtocol
 from pgprune_core.model.placement import input_device
 from pgprune_core.model.structure import ModelStructure, UnitLayout
+from pgprune_core.parallel import SINGLE, Ranks
 
 #: upper bound on the elements of the temporaries of one cross-entropy chunk (64 MiB fp32)
 _CE_CHUNK_ELEMENTS = 1 << 24
@@ -102,7 +103,11 @@ class LossOracle(LossOracleProtocol):
     of every mask alike, no longer enters the losses.  The dense distribution costs one
     forward of the batch per call (counted in ``forward_passes``).
 
-    Counters: ``forward_passes`` (one per mask and batch), ``rows_evaluated`` (sequences run
+    Under ``torchrun`` (``ranks``), each rank evaluates its contiguous share of the ``N * B``
+    rows and the per-row losses are gathered: every rank returns the losses of all ``N``
+    masks, those of the one-process oracle.  ``max_rows`` then bounds each rank's chunks.
+
+    Counters (of the whole run, all ranks together): ``forward_passes`` (one per mask and batch), ``rows_evaluated`` (sequences run
     through the model) and ``backward_passes`` (estimators call :meth:`count_backward` after
     back-propagating through :meth:`loss`).
     """
@@ -115,6 +120,7 @@ class LossOracle(LossOracleProtocol):
         granularities: Mapping[str, Granularity],
         max_rows: int | None = None,
         objective: str = "ce",
+        ranks: Ranks = SINGLE,
     ) -> None:
         if max_rows is not None and max_rows < 1:
             raise ValueError(f"max_rows must be positive, got {max_rows}")
@@ -126,6 +132,7 @@ class LossOracle(LossOracleProtocol):
         self.layout = layout
         self.granularities = dict(granularities)
         self.max_rows = max_rows
+        self.ranks = ranks
         self.forward_passes = 0
         self.backward_passes = 0
         self.rows_evaluated = 0
@@ -158,35 +165,60 @@ class LossOracle(LossOracleProtocol):
         if masks.dim() != 2 or masks.shape[1] != len(self.layout):
             raise ValueError(f"masks must be [N, {len(self.layout)}], got {list(masks.shape)}")
         n_masks, (n_seq, length) = masks.shape[0], batch.shape
-        tokens = batch.to(self.device).repeat(n_masks, 1)
-        row_masks = masks.repeat_interleave(n_seq, dim=0)
-        n_rows = tokens.shape[0]
-        chunk = self.max_rows or n_rows
-        reference = self._dense_logprobs(batch) if self.objective == "kl" else None
-        sums = []
-        for start in range(0, n_rows, chunk):
-            rows = slice(start, start + chunk)
-            with apply_masks(self.structure, self.layout, self.granularities, row_masks[rows]):
-                logits = self.model(input_ids=tokens[rows], use_cache=False).logits
-            if reference is None:
-                sums.append(token_nll_sums(logits, tokens[rows]).to(masks.device))
+        n_rows = n_masks * n_seq
+        # the rows of the repeated batch (mask-major) this rank evaluates: all of them in one
+        # process, a contiguous share under torchrun
+        mine = self.ranks.share(n_rows)
+        rows = torch.arange(n_rows)[mine]
+        sequence = rows % n_seq
+        tokens = batch.to(self.device)[sequence.to(self.device)]
+        row_masks = masks[(rows // n_seq).to(masks.device)]
+        chunk = self.max_rows or max(1, rows.numel())
+        reference = lookup = None
+        if self.objective == "kl":
+            needed = torch.unique(sequence)
+            reference = self._dense_logprobs(batch[needed.to(batch.device)])
+            lookup = torch.full((n_seq,), -1, dtype=torch.int64)
+            lookup[needed] = torch.arange(needed.numel())
+            # one dense forward of the batch, however the ranks share it
+            self.forward_passes += 1
+            self.rows_evaluated += n_seq
+        sums = [torch.zeros(0, dtype=torch.float32, device=masks.device)]
+        for start in range(0, rows.numel(), chunk):
+            part = slice(start, start + chunk)
+            with apply_masks(self.structure, self.layout, self.granularities, row_masks[part]):
+                logits = self.model(input_ids=tokens[part], use_cache=False).logits
+            if reference is None or lookup is None:
+                sums.append(token_nll_sums(logits, tokens[part]).to(masks.device))
             else:
-                # row r of the repeated batch is sequence r % B
-                index = torch.arange(n_rows)[rows] % n_seq
-                sums.append(token_kl_sums(logits, reference[index.to(reference.device)])
-                            .to(masks.device))
+                index = lookup[sequence[part]].to(reference.device)
+                sums.append(token_kl_sums(logits, reference[index]).to(masks.device))
             del logits
         self.forward_passes += n_masks
         self.rows_evaluated += n_rows
-        per_mask = torch.cat(sums).view(n_masks, n_seq).sum(dim=1)
+        per_row = torch.cat(sums)
+        if self.ranks.distributed:
+            per_row = self._gathered(per_row, masks, mine, n_rows)
+        per_mask = per_row.view(n_masks, n_seq).sum(dim=1)
         return per_mask / (n_seq * (length - 1))
+
+    def _gathered(self, local: torch.Tensor, masks: torch.Tensor, mine: slice,
+                  n_rows: int) -> torch.Tensor:
+        """Every rank's per-row sums, in row order.  With soft masks (autograd), this rank's
+        rows keep their graph and the masks' gradient is summed over the ranks when the
+        backward pass reaches it, so every rank ends with the one-process gradient."""
+        rows = self.ranks.gather_rows(local.detach(), n_rows)
+        if not masks.requires_grad:
+            return rows
+        masks.register_hook(
+            lambda grad: self.ranks.all_reduce_sum(grad, "summing the masks' gradients"))
+        # ``0 * masks.sum()`` links even an empty share to the graph: every rank's backward
+        # reaches the hook, so every rank joins the sum
+        return torch.cat([rows[:mine.start], local, rows[mine.stop:]]) + 0.0 * masks.sum()
 
     def _dense_logprobs(self, batch: torch.Tensor) -> torch.Tensor:
         """float32 [B, T-1, V]: the dense model's next-token log-probabilities (one
-        forward of the batch, no graph, counted)."""
+        forward of the sequences, no graph; the caller counts it)."""
         with torch.no_grad():
             logits = self.model(input_ids=batch.to(self.device), use_cache=False).logits
-            reference = torch.log_softmax(logits[:, :-1].float(), dim=-1)
-        self.forward_passes += 1
-        self.rows_evaluated += batch.shape[0]
-        return reference
+            return torch.log_softmax(logits[:, :-1].float(), dim=-1)

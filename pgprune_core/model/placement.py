@@ -129,7 +129,8 @@ def editing(module: nn.Module) -> Iterator[None]:
         yield
     finally:
         names = _tensor_names(module)
-        tensors = dict(module.named_parameters(recurse=hook.place_submodules))
+        tensors: dict[str, torch.Tensor] = dict(
+            module.named_parameters(recurse=hook.place_submodules))
         tensors.update(module.named_buffers(recurse=hook.place_submodules))
         hook.weights_map = {name: tensors[name].detach().to("cpu") for name in names}
         for name in names:

@@ -25,9 +25,10 @@ from typing import Any, Protocol
 
 import torch
 
-from pgprune_core.errors import Interrupted
+from pgprune_core.errors import EchoedError, Interrupted
 from pgprune_core.interfaces import Estimator, Projector, StepContext
 from pgprune_core.optim.checkpoint import Checkpoint, LoopState
+from pgprune_core.parallel import SINGLE, Ranks
 from pgprune_core.report.progress import Reporter, SilentReporter
 
 
@@ -89,6 +90,27 @@ class LoopSink(Protocol):
         """Keep the probabilities of this step (``snapshot_every``), with its record."""
 
 
+class DiscardingSink:
+    """The sink of the ranks other than 0 in a ``torchrun`` launch: rank 0 alone writes the
+    run directory, the others compute the same steps and keep nothing."""
+
+    def __init__(self, path: Path) -> None:
+        self._path = path
+
+    @property
+    def path(self) -> Path:
+        return self._path
+
+    def save_checkpoint(self, checkpoint: Checkpoint) -> None:
+        pass
+
+    def append_record(self, record: dict[str, Any]) -> None:
+        pass
+
+    def save_snapshot(self, probs: torch.Tensor, record: dict[str, Any]) -> None:
+        pass
+
+
 class OptimisationLoop:
     def __init__(
         self,
@@ -106,6 +128,7 @@ class OptimisationLoop:
         log_every: int,
         reporter: Reporter | None = None,
         snapshot_every: int | None = None,
+        ranks: Ranks = SINGLE,
     ) -> None:
         self.policy = policy
         self.estimator = estimator
@@ -120,6 +143,8 @@ class OptimisationLoop:
         self.log_every = log_every
         self.snapshot_every = snapshot_every
         self.reporter = reporter or SilentReporter()
+        #: under torchrun, the ranks agree after every step on whether to stop
+        self.ranks = ranks
 
     @property
     def total_steps(self) -> int:
@@ -187,14 +212,22 @@ class OptimisationLoop:
                                 state.step % self.snapshot_every == 0
                                 or state.step == self.total_steps):
                             self.sink.save_snapshot(self.policy.probs, record)
-                        if state.step % self.checkpoint_every == 0 or stop:
+                        # a signal reaches the ranks at different moments: all stop after
+                        # the same step, and rank 0 saves that step's checkpoint
+                        stopping = self.ranks.any(bool(stop))
+                        if state.step % self.checkpoint_every == 0 or stopping:
                             self.checkpoint(state)
-                        if stop:
-                            raise Interrupted(
-                                f"stopped by signal {stop.signal} after step {state.step} "
+                        if stopping:
+                            how = (f"by signal {stop.signal}" if stop else
+                                   "because another rank received a signal")
+                            message = (
+                                f"stopped {how} after step {state.step} "
                                 f"of {self.total_steps}; the checkpoint is saved, continue "
-                                f"with: pgprune resume {self.sink.path}"
+                                f"with: {self.ranks.launch(f'pgprune resume {self.sink.path}')}"
                             )
+                            if not self.ranks.is_main:  # rank 0 says it, once
+                                raise EchoedError(message, Interrupted.exit_code)
+                            raise Interrupted(message)
                     state.stage += 1
                     state.stage_step = 0
                     if state.stage == len(self.stages):

@@ -13,7 +13,8 @@ from typing import Any
 import torch
 
 from pgprune_core.config.sections import RunConfig
-from pgprune_core.errors import ConfigError
+from pgprune_core.errors import ConfigError, DistributedError
+from pgprune_core.parallel import Ranks
 from pgprune_core.plugin.registry import Registry
 
 
@@ -133,6 +134,24 @@ def check_loaded_model(config: RunConfig, prep: Any, registry: Registry) -> None
     from pgprune_core.initializers.base import check_weights_reachable
 
     check_weights_reachable(registry.cls("initializer", config.init.name), prep.loaded.model)
+
+
+def check_launch(config: RunConfig, ranks: Ranks) -> None:
+    """Under ``torchrun`` every rank holds the whole model on its own device."""
+    if not ranks.distributed:
+        return
+    if config.model.device_map is not None:
+        raise DistributedError(
+            f"--device-map {config.model.device_map} spreads one model over several devices; "
+            f"under torchrun every rank holds its own copy: drop --device-map (or run one "
+            f"process with --device-map)"
+        )
+    device = config.model.device
+    if device.startswith("cuda:"):
+        raise DistributedError(
+            f"--device {device} puts every rank on one GPU; under torchrun use --device cuda "
+            f"(rank r takes the GPU of its LOCAL_RANK)"
+        )
 
 
 def check_rate_leaves_units(config: RunConfig, prep: Any) -> None:

@@ -21,15 +21,22 @@ import torch
 
 from pgprune_core.config.sections import RunConfig
 from pgprune_core.demo import apply_demo_defaults
-from pgprune_core.errors import ConfigError, Interrupted, PgpruneError, RunDirError
+from pgprune_core.errors import (
+    ConfigError,
+    DistributedError,
+    Interrupted,
+    PgpruneError,
+    RunDirError,
+)
 from pgprune_core.evaluation.memory import DevicePeaks
 from pgprune_core.interfaces import EvalContext, Granularity, InitContext, ModelSource
 from pgprune_core.model.placement import input_device, parameter_devices
 from pgprune_core.model.structure import ModelStructure, UnitLayout
 from pgprune_core.optim.budget import Budget, protected_mask
 from pgprune_core.optim.checkpoint import LoopState
-from pgprune_core.optim.loop import OptimisationLoop, Stage
+from pgprune_core.optim.loop import DiscardingSink, OptimisationLoop, Stage
 from pgprune_core.optim.policy import BernoulliPolicy
+from pgprune_core.parallel import SINGLE, Ranks, from_environment
 from pgprune_core.plugin.registry import Registry, get_registry
 from pgprune_core.report.progress import Reporter, SilentReporter
 from pgprune_core.run.rundir import RunDir, config_digest
@@ -69,15 +76,22 @@ def default_run_dir(config: RunConfig) -> Path:
     return Path("runs") / f"{model}-{config.estimator.name}-{rate}pct-{stamp}"
 
 
-def load_model(config: RunConfig, registry: Registry, reporter: Reporter) -> tuple[str, Any]:
-    """Resolve the adapter (explicit or from the model's config) and load model + tokenizer."""
+def load_model(config: RunConfig, registry: Registry, reporter: Reporter,
+               ranks: Ranks = SINGLE) -> tuple[str, Any]:
+    """Resolve the adapter (explicit or from the model's config) and load model + tokenizer
+    (under torchrun: on every rank, each on its own GPU)."""
     from pgprune_core.model.hf_adapter import resolve_adapter
 
     name_or_path = config.model.name_or_path
     if name_or_path is None:
         from pgprune_core.demo import ensure_demo_model
 
-        name_or_path = str(ensure_demo_model(reporter=reporter))
+        # built (once, cached) by rank 0 alone
+        name_or_path = ranks.on_main(lambda: str(ensure_demo_model(reporter=reporter)),
+                                     "building the demo model")
+    device = config.model.device
+    if ranks.distributed and device == "cuda":
+        device = f"cuda:{ranks.local_rank}"
     adapter_name = config.model.adapter or resolve_adapter(
         name_or_path, registry=registry, revision=config.model.revision,
         trust_remote_code=config.model.trust_remote_code)
@@ -87,7 +101,7 @@ def load_model(config: RunConfig, registry: Registry, reporter: Reporter) -> tup
         ModelSource(
             name_or_path=name_or_path,
             dtype=config.model.dtype,
-            device=config.model.device,
+            device=device,
             device_map=config.model.device_map,
             max_memory=config.model.max_memory,
             offload_folder=config.model.offload_folder,
@@ -106,8 +120,9 @@ def make_budget(config: RunConfig, layout: Any, rate: float, protected: torch.Te
                   channel_multiple=pruning.channel_multiple)
 
 
-def prepare(config: RunConfig, registry: Registry, reporter: Reporter) -> Prepared:
-    adapter_name, loaded = load_model(config, registry, reporter)
+def prepare(config: RunConfig, registry: Registry, reporter: Reporter,
+            ranks: Ranks = SINGLE) -> Prepared:
+    adapter_name, loaded = load_model(config, registry, reporter, ranks)
     adapter = registry.cls("adapter", adapter_name)()
     structure = adapter.describe_model(loaded.model)
     granularities: dict[str, Granularity] = {}
@@ -234,7 +249,8 @@ def evaluate_dense(config: RunConfig, prep: Prepared, registry: Registry,
 
 
 def initial_scores(config: RunConfig, prep: Prepared, tokens: torch.Tensor, oracle: Any,
-                   registry: Registry, reporter: Reporter) -> torch.Tensor:
+                   registry: Registry, reporter: Reporter,
+                   ranks: Ranks = SINGLE) -> torch.Tensor:
     init_cls = registry.cls("initializer", config.init.name)
     unsupported = [k for k in prep.layout.kinds if k not in init_cls.kinds]
     if unsupported:
@@ -249,12 +265,13 @@ def initial_scores(config: RunConfig, prep: Prepared, tokens: torch.Tensor, orac
         InitContext(
             model=prep.loaded.model, structure=prep.structure, layout=prep.layout,
             granularities=prep.granularities, device=prep.device, seed=config.training.seed,
-            calibration=calibration_batches(config, tokens), oracle=oracle,
+            calibration=calibration_batches(config, tokens), oracle=oracle, ranks=ranks,
         )
     )
     if scores.shape != (len(prep.layout),) or not torch.isfinite(scores).all():
         raise RuntimeError(f"initializer '{config.init.name}' returned invalid scores {tuple(scores.shape)}")
-    return scores.to(torch.float64)
+    # every rank starts from rank 0's scores, bit for bit
+    return ranks.broadcast(scores.to(torch.float64), "sharing the initial scores")
 
 
 def to_probabilities(config: RunConfig, prep: Prepared, scores: torch.Tensor, rate: float) -> torch.Tensor:
@@ -279,15 +296,23 @@ def warn_short_run(config: RunConfig, optimises: bool, reporter: Reporter) -> No
 
 def run_pipeline(config: RunConfig, reporter: Reporter | None = None, *,
                  resume: Path | None = None, registry: Registry | None = None) -> RunResult:
-    """Run (or, with ``resume``, continue) one pruning run; returns its metrics."""
+    """Run (or, with ``resume``, continue) one pruning run; returns its metrics.
+
+    Under ``torchrun`` every rank calls this with the same configuration: the ranks share
+    each step's forward passes and rank 0 alone reads and writes the run directory,
+    reports progress and finishes the run (surgery, evaluation); the other ranks return
+    after the last step with empty metrics (docs/scaling.md)."""
     config = apply_demo_defaults(config)
     threads = torch.get_num_threads()
     if config.training.threads is not None:
         torch.set_num_threads(config.training.threads)
+    ranks = from_environment(config.model.device, config.training.collective_timeout_s)
     try:
-        return _run(config, reporter or SilentReporter(), resume, registry or get_registry())
+        reporter = (reporter or SilentReporter()) if ranks.is_main else SilentReporter()
+        return _run(config, reporter, resume, registry or get_registry(), ranks)
     finally:
         torch.set_num_threads(threads)
+        ranks.close()
 
 
 @dataclass
@@ -303,28 +328,47 @@ class _Clock:
         return round(self.previous + (time.perf_counter() - self.start), 3)
 
 
-def _run(config: RunConfig, reporter: Reporter, resume: Path | None, registry: Registry) -> RunResult:
-    from pgprune_core.run.checks import preflight
+def _run(config: RunConfig, reporter: Reporter, resume: Path | None, registry: Registry,
+         ranks: Ranks = SINGLE) -> RunResult:
+    from pgprune_core.run.checks import check_launch, preflight
 
     clock = _Clock(time.perf_counter())
     if resume is None:
         preflight(config, registry)  # cheap mistakes, before anything is created or loaded
+    check_launch(config, ranks)
+    ranks.agree(config_digest(config), "configuration")
     run = RunDir(resume if resume is not None else Path(config.output.dir or default_run_dir(config)))
-    created = resume is None and not run.path.exists()
-    if resume is None:
-        run.create(config, overwrite=config.output.overwrite)
-    else:
+
+    def open_run() -> tuple[bool, float, dict[str, Any] | None]:
+        """(created, wall time of earlier sessions, the metrics of a finished run)"""
+        created = resume is None and not run.path.exists()
+        if resume is None:
+            run.create(config, overwrite=config.output.overwrite)
+            return created, 0.0, None
         marker = run.read_marker()
-        clock.previous = float(marker.get("wall_s", 0.0))
-        if marker.get("status") == "done" and run.metrics.exists():
-            reporter.message(f"{run.path} is already finished; nothing to do")
-            return RunResult(run.path, run.read_metrics())
+        done = marker.get("status") == "done" and run.metrics.exists()
+        return created, float(marker.get("wall_s", 0.0)), run.read_metrics() if done else None
+
+    created, clock.previous, finished = ranks.on_main(open_run, "opening the run directory")
+    if finished is not None:
+        reporter.message(f"{run.path} is already finished; nothing to do")
+        return RunResult(run.path, finished)
     try:
-        return _run_in(config, reporter, resume, registry, run, clock)
+        return _run_in(config, reporter, resume, registry, run, clock, ranks)
     except (Interrupted, KeyboardInterrupt):
-        run.mark_status("interrupted", clock.wall())
+        if ranks.is_main:
+            run.mark_status("interrupted", clock.wall())
         raise
+    except DistributedError as exc:
+        # torchrun ends the surviving ranks with SIGTERM once one has died: finish saying
+        # where the run stands first
+        _ignore_sigterm()
+        if ranks.is_main and run.marker.exists():
+            run.mark_status("failed", clock.wall())
+        raise DistributedError(f"{exc}; {_resume_hint(run, ranks)}") from exc
     except BaseException as exc:
+        if not ranks.is_main:
+            raise
         user_mistake = clock.setting_up and isinstance(exc, PgpruneError)
         if user_mistake and created:
             # a set-up mistake in a directory this call created: leave nothing behind that
@@ -339,8 +383,30 @@ def _run(config: RunConfig, reporter: Reporter, resume: Path | None, registry: R
         raise
 
 
+def _ignore_sigterm() -> None:
+    import signal
+    import threading
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
+def _resume_hint(run: RunDir, ranks: Ranks) -> str:
+    """Where a failed run of several processes stands (rank 0 reads the checkpoint)."""
+    if not ranks.is_main:
+        return f"rank 0 reports where {run.path} stands"
+    if not run.checkpoint.exists():
+        return f"{run.path} holds no checkpoint yet: start the run again"
+    try:
+        step = run.load_checkpoint().state.step
+    except PgpruneError:
+        return f"{run.checkpoint} cannot be read: start the run again"
+    return (f"the checkpoint of step {step} is saved; continue with: "
+            f"{ranks.launch(f'pgprune resume {run.path}')}")
+
+
 def _run_in(config: RunConfig, reporter: Reporter, resume: Path | None, registry: Registry,
-            run: RunDir, clock: _Clock) -> RunResult:
+            run: RunDir, clock: _Clock, ranks: Ranks = SINGLE) -> RunResult:
     from pgprune_core.run.checks import check_loaded_model, check_rate_leaves_units
 
     digest = config_digest(config)
@@ -351,19 +417,24 @@ def _run_in(config: RunConfig, reporter: Reporter, resume: Path | None, registry
             " the paper's Random-Progressive starts from random ones (--init random)"
         )
 
-    prep = prepare(config, registry, reporter)
+    prep = prepare(config, registry, reporter, ranks)
     check_rate_leaves_units(config, prep)
     check_loaded_model(config, prep, registry)
     model, tokenizer = prep.loaded.model, prep.loaded.tokenizer
 
-    # dense metrics (saved, so a resumed run does not measure them again)
-    dense: dict[str, Any] = {"params": sum(p.numel() for p in model.parameters())}
-    saved_dense = run.read_dense()
-    if saved_dense is not None:
-        dense = saved_dense
-    elif config.evaluation.dense:
-        dense = evaluate_dense(config, prep, registry, reporter)
-        run.write_dense(dense)
+    # dense metrics (saved, so a resumed run does not measure them again); rank 0 measures
+    # them while the other ranks wait
+    def dense_metrics() -> dict[str, Any]:
+        saved = run.read_dense()
+        if saved is not None:
+            return saved
+        if not config.evaluation.dense:
+            return {"params": sum(p.numel() for p in model.parameters())}
+        measured = evaluate_dense(config, prep, registry, reporter)
+        run.write_dense(measured)
+        return measured
+
+    dense = ranks.on_main(dense_metrics, "evaluating the dense model")
 
     estimator = registry.cls("estimator", config.estimator.name)(config.estimator)
     warn_short_run(config, estimator.optimises, reporter)
@@ -372,29 +443,34 @@ def _run_in(config: RunConfig, reporter: Reporter, resume: Path | None, registry
 
     oracle = LossOracle(model, prep.structure, prep.layout, prep.granularities,
                         max_rows=config.training.max_rows,
-                        objective=config.training.objective)
+                        objective=config.training.objective, ranks=ranks)
 
-    checkpoint = None
-    if resume is not None and run.checkpoint.exists():
-        checkpoint = run.load_checkpoint()
-        if checkpoint.config_digest != digest:
+    def read_checkpoint() -> Any:
+        if resume is None or not run.checkpoint.exists():
+            return None
+        saved = run.load_checkpoint()
+        if saved.config_digest != digest:
             raise RunDirError(f"{run.checkpoint} belongs to another configuration than {run.config}")
-        if checkpoint.probs.shape != (len(prep.layout),):
+        if saved.probs.shape != (len(prep.layout),):
             raise RunDirError(f"{run.checkpoint} does not match the model's {len(prep.layout)} units")
+        return saved
+
+    checkpoint = ranks.on_main(read_checkpoint, "reading the checkpoint")
+    if checkpoint is not None:
         # a killed session wrote no wall time: at least the optimisation time it saved passed
         clock.previous = max(clock.previous, float(checkpoint.state.optimize_s))
 
-    tokens = calibration_tokens(config, tokenizer, reporter)
+    tokens = ranks.on_main(lambda: calibration_tokens(config, tokenizer, reporter),
+                           "tokenizing the calibration corpus")
     stream = build_stream(config, tokens, config.training.steps if estimator.optimises else 0)
 
     with DevicePeaks([prep.device, *parameter_devices(model)]) as peaks:
-        # initial scores (saved: random-progressive and resume reuse them)
-        saved_scores = run.read_scores()
-        if saved_scores is not None:
-            scores = saved_scores
-        else:
-            scores = initial_scores(config, prep, tokens, oracle, registry, reporter)
-            run.write_scores(scores)
+        # initial scores (saved: random-progressive and resume reuse them); every rank
+        # computes its share of a calibration-based initializer
+        scores = ranks.on_main(run.read_scores, "reading the initial scores")
+        if scores is None:
+            scores = initial_scores(config, prep, tokens, oracle, registry, reporter, ranks)
+            ranks.on_main(lambda: run.write_scores(scores), "saving the initial scores")
         clock.setting_up = False
 
         state = LoopState()
@@ -405,20 +481,20 @@ def _run_in(config: RunConfig, reporter: Reporter, resume: Path | None, registry
                 policy = BernoulliPolicy(checkpoint.probs.to(torch.float64), fixed=checkpoint.fixed)
                 generator.set_state(checkpoint.generator_state)
                 state = checkpoint.state
-                run.truncate_log(state.step)
+                ranks.on_main(lambda: run.truncate_log(state.step), "truncating the log")
                 reporter.phase(f"resuming at step {state.step} of {sum(s.steps for s in stages)}")
             else:
                 s0 = to_probabilities(config, prep, scores, stages[0].rate)
                 policy = BernoulliPolicy(s0, fixed=prep.protected)
-                run.clear_log()
+                ranks.on_main(run.clear_log, "clearing the log")
             if not state.finished:
                 loop = OptimisationLoop(
                     policy=policy, estimator=estimator, projector=projector, stages=stages,
                     batch_at=stream.batch, oracle=oracle, generator=generator,
-                    sink=run,
+                    sink=run if ranks.is_main else DiscardingSink(run.path),
                     config_digest=digest, checkpoint_every=config.training.checkpoint_every,
                     log_every=config.training.log_every, reporter=reporter,
-                    snapshot_every=config.training.snapshot_every,
+                    snapshot_every=config.training.snapshot_every, ranks=ranks,
                 )
                 state = loop.run(state, estimator_state=checkpoint.estimator if checkpoint else None)
             final_scores = policy.probs
@@ -426,6 +502,9 @@ def _run_in(config: RunConfig, reporter: Reporter, resume: Path | None, registry
             final_scores = scores
             state.finished = True
     peak = peaks.meter(prep.device)
+    if not ranks.is_main:
+        # the steps are done; rank 0 alone cuts, saves and evaluates the model
+        return RunResult(run.path, {})
     keep = prep.budget.final_mask(final_scores)
     run.write_marker(status="optimised")
 
@@ -452,6 +531,7 @@ def _run_in(config: RunConfig, reporter: Reporter, resume: Path | None, registry
             # every CUDA device holding the model's weights (tensors) and "cpu" (process RSS)
             "peak_memory_by_device": peaks.peak_bytes,
             "device": str(prep.device),
+            "world_size": ranks.world_size,
             "adapter": prep.adapter_name,
             "estimator": config.estimator.name,
             "init": config.init.name,
