@@ -89,7 +89,7 @@ SKIP_MODES: tuple[str, ...] = ("auto", "on", "off")
 AUTO_MAX_KEEP = 0.9
 #: ``auto`` skips only in blocks whose projections hold at least this many weights: in
 #: smaller ones the per-run Python work outweighs the arithmetic saved
-AUTO_MIN_WEIGHTS = 1 << 16
+AUTO_MIN_WEIGHTS = 1 << 14
 
 #: per-unit kinds and whole-block kinds folded into the MLP / attention keep matrices
 _PER_UNIT = {ChannelGranularity: "mlp", HeadGranularity: "attention"}

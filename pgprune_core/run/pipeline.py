@@ -368,7 +368,8 @@ def _run_in(config: RunConfig, reporter: Reporter, resume: Path | None, registry
 
     oracle = LossOracle(model, prep.structure, prep.layout, prep.granularities,
                         max_rows=config.training.max_rows,
-                        objective=config.training.objective)
+                        objective=config.training.objective,
+                        skip_pruned=config.training.skip_pruned)
 
     checkpoint = None
     if resume is not None and run.checkpoint.exists():
