@@ -86,7 +86,7 @@ SKIP_MODES: tuple[str, ...] = ("auto", "on", "off")
 #: ``auto`` skips in a block only when at most this fraction of its units is kept (mean
 #: over the rows): above it the saved multiply-adds do not pay for the gather and the
 #: smaller per-run matrix products (docs/benchmarks.md, "Skipping pruned units")
-AUTO_MAX_KEEP = 0.9
+AUTO_MAX_KEEP = 0.85
 #: ``auto`` skips only in blocks whose projections hold at least this many weights: in
 #: smaller ones the per-run Python work outweighs the arithmetic saved
 AUTO_MIN_WEIGHTS = 1 << 14
@@ -108,6 +108,7 @@ def is_hard(masks: torch.Tensor) -> bool:
 
 
 def check_mode(mode: str) -> str:
+    """``mode`` when it is one of :data:`SKIP_MODES`; a ValueError naming them otherwise."""
     if mode not in SKIP_MODES:
         raise ValueError(f"unknown skip_pruned mode {mode!r}; use one of {', '.join(SKIP_MODES)}")
     return mode
