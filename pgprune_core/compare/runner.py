@@ -130,7 +130,8 @@ def compute_shared(cells: Sequence[Cell], shared_dir: Path, registry: Registry,
             atomic_write_json(dense_path, evaluate_dense(first, prep, registry, reporter))
         tokens = calibration_tokens(first, prep.loaded.tokenizer, reporter)
         oracle = LossOracle(prep.loaded.model, prep.structure, prep.layout, prep.granularities,
-                            max_rows=first.training.max_rows)
+                            max_rows=first.training.max_rows,
+                            skip_pruned=first.training.skip_pruned)
         for cell, files in group:
             if files.scores.exists():
                 continue

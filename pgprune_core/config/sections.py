@@ -190,6 +190,10 @@ class TrainingSection(Section):
     progressive_stage_epochs: float = Field(default=1 / 3, gt=0)
     #: at most this many sequences in one batched masked forward (None = N_s x batch)
     max_rows: int | None = Field(default=None, gt=0)
+    #: with sampled (hard) masks, compute only the channels and heads each mask keeps
+    #: instead of masking the others: "auto" where it pays, "on" in every block that prunes
+    #: a unit, "off" never (the same losses within fp32 rounding; soft masks always mask)
+    skip_pruned: Literal["auto", "on", "off"] = "auto"
     #: what the estimators minimise: "ce", the masked model's next-token cross-entropy
     #: (paper); "kl", the KL divergence of the masked model's next-token distribution from
     #: the dense model's (distillation; one extra dense forward per batch)

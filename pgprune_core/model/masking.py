@@ -3,9 +3,12 @@
 The policy-gradient step needs the loss of the model under ``N`` sampled masks.  Instead of
 ``N`` forwards (or ``N`` copies of the weights), the batch is repeated ``N`` times and every
 row carries its own mask: hooks scale activations per row (channels, heads) and masked layers
-become the identity per row (layers).  :func:`apply_masks` installs that for any combination
-of granularities; :class:`LossOracle` is what estimators call: ``losses`` (forward only, under
-``torch.inference_mode``) and ``loss`` (differentiable in soft masks, for Gumbel-softmax).
+become the identity per row (layers).  With hard masks the MLP and attention blocks may
+instead compute only the units each row keeps, from kept weights gathered for one call
+(:mod:`pgprune_core.model.sparse_forward`).  :func:`apply_masks` installs that for any
+combination of granularities; :class:`LossOracle` is what estimators call: ``losses``
+(forward only, under ``torch.inference_mode``) and ``loss`` (differentiable in soft masks,
+for Gumbel-softmax).
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from torch import nn
 from pgprune_core.interfaces import Granularity, Handle
 from pgprune_core.interfaces import LossOracle as LossOracleProtocol
 from pgprune_core.model.placement import input_device
+from pgprune_core.model.sparse_forward import check_mode, install_skipping, is_hard
 from pgprune_core.model.structure import ModelStructure, UnitLayout
 from pgprune_core.parallel import SINGLE, Ranks
 
@@ -33,20 +37,30 @@ def apply_masks(
     layout: UnitLayout,
     granularities: Mapping[str, Granularity],
     row_masks: torch.Tensor,
+    skip_pruned: str = "off",
 ) -> Iterator[None]:
     """Within the block, forward passes of ``structure.model`` use ``row_masks``
     (``[rows, len(layout)]``, hard or soft; row ``r`` masks input row ``r``).
 
     Every kind of the layout installs its part; everything is removed on exit, also when
     the block raises.  All-ones parts install nothing (the dense forward, bit for bit).
+    ``skip_pruned`` (``off``, ``on``, ``auto``): with hard masks, MLP and attention blocks
+    compute only the units each row keeps instead of masking the others
+    (:mod:`pgprune_core.model.sparse_forward`; equal within fp32 rounding).
     """
     if row_masks.dim() != 2 or row_masks.shape[1] != len(layout):
         raise ValueError(f"row_masks must be [rows, {len(layout)}], got {list(row_masks.shape)}")
+    check_mode(skip_pruned)
     parts = layout.split(row_masks)
     handles: list[Handle] = []
     try:
+        rest = {kind: (layout[kind], parts[kind]) for kind in layout.kinds}
+        if skip_pruned != "off" and is_hard(row_masks):
+            skipping, rest = install_skipping(structure, layout, granularities, parts, skip_pruned)
+            handles.extend(skipping)
         for kind in layout.kinds:
-            handles.extend(granularities[kind].install(structure, layout[kind], parts[kind]))
+            units, masks = rest[kind]
+            handles.extend(granularities[kind].install(structure, units, masks))
         yield
     finally:
         for handle in reversed(handles):
@@ -96,6 +110,8 @@ class LossOracle(LossOracleProtocol):
     over all ``B * (T - 1)`` predicted tokens, all masks in one forward of the batch repeated
     ``N`` times (rows mask-major: row ``r`` belongs to mask ``r // B``), split into chunks of at
     most ``max_rows`` rows when set.  ``loss`` is the same, differentiable w.r.t. soft masks.
+    ``skip_pruned`` (``auto``, ``on``, ``off``; see :func:`apply_masks`) lets hard masks
+    leave their pruned channels and heads uncomputed.
 
     ``objective="kl"`` replaces the cross-entropy by the mean per-token KL divergence of the
     masked model's next-token distribution from the dense model's (distillation): 0 for the
@@ -121,12 +137,14 @@ class LossOracle(LossOracleProtocol):
         max_rows: int | None = None,
         objective: str = "ce",
         ranks: Ranks = SINGLE,
+        skip_pruned: str = "auto",
     ) -> None:
         if max_rows is not None and max_rows < 1:
             raise ValueError(f"max_rows must be positive, got {max_rows}")
         if objective not in OBJECTIVES:
             raise ValueError(f"unknown objective {objective!r}; use one of {', '.join(OBJECTIVES)}")
         self.objective = objective
+        self.skip_pruned = check_mode(skip_pruned)
         self.model: Any = model  # a transformers causal LM
         self.structure = structure
         self.layout = layout
@@ -186,7 +204,8 @@ class LossOracle(LossOracleProtocol):
         sums = [torch.zeros(0, dtype=torch.float32, device=masks.device)]
         for start in range(0, rows.numel(), chunk):
             part = slice(start, start + chunk)
-            with apply_masks(self.structure, self.layout, self.granularities, row_masks[part]):
+            with apply_masks(self.structure, self.layout, self.granularities, row_masks[part],
+                             self.skip_pruned):
                 logits = self.model(input_ids=tokens[part], use_cache=False).logits
             if reference is None or lookup is None:
                 sums.append(token_nll_sums(logits, tokens[part]).to(masks.device))

@@ -443,7 +443,8 @@ def _run_in(config: RunConfig, reporter: Reporter, resume: Path | None, registry
 
     oracle = LossOracle(model, prep.structure, prep.layout, prep.granularities,
                         max_rows=config.training.max_rows,
-                        objective=config.training.objective, ranks=ranks)
+                        objective=config.training.objective, ranks=ranks,
+                        skip_pruned=config.training.skip_pruned)
 
     def read_checkpoint() -> Any:
         if resume is None or not run.checkpoint.exists():

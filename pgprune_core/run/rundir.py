@@ -38,7 +38,7 @@ FINETUNE_FORMAT = "pgprune-finetune/1"
 #: settings of how a run executes, not of what it learns: they may differ on resume (say, on
 #: another machine), and the digests of runs made before they existed stay valid
 EXECUTION_KEYS = ("output", "training.threads", "training.snapshot_every",
-                  "training.collective_timeout_s")
+                  "training.collective_timeout_s", "training.skip_pruned")
 #: keys added after runs existed, with the value that means what those runs did: left out of
 #: the digest at that value, so the digests of older runs stay valid
 LATER_KEYS = {"pruning.shape": "free", "pruning.channel_multiple": 1, "training.objective": "ce",

@@ -20,6 +20,7 @@ norm shows):
 - the adapter is registered by the distribution and resolved from a saved ``config.json``;
   without the distribution, the error names it;
 - all-ones masks (hard, and soft ones that install every hook) give the dense logits;
+- the forward that skips pruned units gives the masked forward's logits for per-row masks;
 - the parameter entries the initializers attribute to a unit are those cutting it removes;
 - surgery's logits equal the masked model's for a random keep-vector (a layer without
   heads, a layer without channels, layer 0 dropped), every parameter outside the cut
@@ -112,11 +113,13 @@ class TinyCase:
             parts["layer"][0] = False
         return self.layout.join(parts)
 
-    def masked_logits(self, row_masks: torch.Tensor) -> torch.Tensor:
+    def masked_logits(self, row_masks: torch.Tensor, skip_pruned: str = "off") -> torch.Tensor:
+        """The logits under ``row_masks``: one row for every sequence, or one per sequence."""
         from pgprune_core.model.masking import apply_masks
 
         rows = row_masks.expand(self.ids.shape[0], -1)
-        with torch.no_grad(), apply_masks(self.structure, self.layout, self.granularities, rows):
+        with torch.no_grad(), apply_masks(self.structure, self.layout, self.granularities, rows,
+                                          skip_pruned):
             return self.model(self.ids, use_cache=False).logits
 
     def projection_names(self) -> set[str]:
@@ -215,6 +218,18 @@ class AdapterSuite:
                                    keep)
                 removed = squares(setup.model) - squares(model)
                 assert abs(removed - float(scores[position])) <= 1e-6 * max(1.0, removed), kind
+
+    def test_skipping_forward_equals_the_masked_forward(self, variant: str, kinds: Sequence[str],
+                                                         registry: Any) -> None:
+        """Per-row hard masks (one row's layer 1 without heads and layer 2 without
+        channels, one row keeping everything): the forward that leaves pruned units
+        uncomputed gives the masked forward's logits."""
+        setup = TinyCase(self, variant, kinds, registry)
+        rows = torch.stack([setup.keep(), torch.ones(len(setup.layout), dtype=torch.bool)])
+        rows = rows.float()
+        masked = setup.masked_logits(rows)
+        skipped = setup.masked_logits(rows, skip_pruned="on")
+        torch.testing.assert_close(skipped, masked, rtol=0, atol=1e-5)
 
     # -- surgery ------------------------------------------------------------------------
     def test_surgery_equals_masking_and_accounting(self, variant: str, kinds: Sequence[str],

@@ -18,7 +18,7 @@ from torch import nn
 from pgprune_core.interfaces import Granularity, Handle
 from pgprune_core.model.granularity.rowmask import by_layer, install_input_masks, per_layer_units
 from pgprune_core.model.granularity.slicing import (
-    head_features,
+    group_features,
     keep_block_rows,
     keep_columns,
     kept_indices,
@@ -75,13 +75,10 @@ def remove_groups(structure: ModelStructure, layer: int, dropped: torch.Tensor) 
     layer_site = structure.layers[layer]
     site = layer_site.attention
     groups = kept_indices(site.n_kv_heads, dropped)
-    group_size = site.group_size
-    queries = (groups[:, None] * group_size + torch.arange(group_size)).reshape(-1)
-    q_features = head_features(queries, site.head_dim)
-    kv_features = head_features(groups, site.head_dim)
+    q_features, kv_features = group_features(groups, site.group_size, site.head_dim)
     keep_block_rows(site.qkv_blocks(), (q_features, kv_features, kv_features))
     keep_columns(site.o_proj, q_features)
-    site.n_heads = int(queries.numel())
+    site.n_heads = int(groups.numel()) * site.group_size
     site.n_kv_heads = int(groups.numel())
     if site.n_heads == 0:
         names = structure.names

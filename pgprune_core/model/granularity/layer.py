@@ -16,34 +16,19 @@ import torch
 from torch import nn
 
 from pgprune_core.interfaces import Granularity, Handle
-from pgprune_core.model.granularity.rowmask import by_layer, computing_rows, is_all_ones
+from pgprune_core.model.granularity.rowmask import (
+    NotRowwise,
+    by_layer,
+    computing_rows,
+    is_all_ones,
+    select_rows,
+)
 from pgprune_core.model.pruned_modeling import cache_argument, record_empty_step
 from pgprune_core.model.structure import ModelStructure, UnitSet, text_config
 from pgprune_core.plugin.hookspecs import hookimpl
 
 #: config attributes that hold one entry per decoder layer (cut with the layers)
 PER_LAYER_CONFIG_LISTS = ("layer_types",)
-
-
-class _NotRowwise(Exception):
-    """An argument of the layer that cannot be restricted to a subset of rows."""
-
-
-def _select_rows(value: Any, rows: torch.Tensor, n_rows: int) -> Any:
-    """``value`` restricted to ``rows`` where it is batched (a tensor of at least two
-    dimensions whose first is the batch); broadcast tensors and plain values pass as they
-    are.  Anything else (a KV cache, a flex-attention block mask) cannot be restricted."""
-    if isinstance(value, torch.Tensor):
-        if value.dim() >= 2 and value.shape[0] == n_rows:
-            return value.index_select(0, rows.to(value.device))
-        return value
-    if isinstance(value, (tuple, list)):
-        return type(value)(_select_rows(item, rows, n_rows) for item in value)
-    if isinstance(value, dict):
-        return {key: _select_rows(item, rows, n_rows) for key, item in value.items()}
-    if value is None or isinstance(value, (bool, int, float, str)):
-        return value
-    raise _NotRowwise(type(value).__name__)
 
 
 class MaskedLayer(nn.Module):
@@ -72,9 +57,9 @@ class MaskedLayer(nn.Module):
             return hidden_states
         if active is not None and active.numel() < n_rows:
             try:
-                sub_args = _select_rows(args, active, n_rows)
-                sub_kwargs = _select_rows(kwargs, active, n_rows)
-            except _NotRowwise:
+                sub_args = select_rows(args, active, n_rows)
+                sub_kwargs = select_rows(kwargs, active, n_rows)
+            except NotRowwise:
                 pass
             else:
                 x = hidden_states.index_select(0, active.to(hidden_states.device))

@@ -50,6 +50,30 @@ def current_rows(mask: torch.Tensor, n_rows: int) -> torch.Tensor:
     return mask
 
 
+class NotRowwise(Exception):
+    """An argument of a module that cannot be restricted to a subset of rows."""
+
+
+def select_rows(value: Any, rows: torch.Tensor | slice, n_rows: int) -> Any:
+    """``value`` restricted to ``rows`` (int64 indices, or a slice: a view) where it is
+    batched (a tensor of at least two dimensions whose first is the batch of ``n_rows``);
+    broadcast tensors and plain values pass as they are.  Anything else (a KV cache, a
+    flex-attention block mask) cannot be restricted: :class:`NotRowwise`."""
+    if isinstance(value, torch.Tensor):
+        if value.dim() >= 2 and value.shape[0] == n_rows:
+            if isinstance(rows, slice):
+                return value[rows]
+            return value.index_select(0, rows.to(value.device))
+        return value
+    if isinstance(value, (tuple, list)):
+        return type(value)(select_rows(item, rows, n_rows) for item in value)
+    if isinstance(value, dict):
+        return {key: select_rows(item, rows, n_rows) for key, item in value.items()}
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    raise NotRowwise(type(value).__name__)
+
+
 def by_layer(units: UnitSet, values: torch.Tensor) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
     """Split ``values`` (``[..., n_kind]``: masks or a keep vector) by layer.
 

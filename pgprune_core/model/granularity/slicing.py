@@ -33,16 +33,24 @@ def keep_rows(linear: nn.Linear, rows: torch.Tensor) -> None:
     linear.out_features = int(rows.numel())
 
 
-def keep_block_rows(blocks: Sequence[RowBlock], kept: Sequence[torch.Tensor]) -> None:
-    """Keep rows ``kept[i]`` (indices inside the block) of every block ``blocks[i]``; a
-    linear layer holding several blocks (a fused projection) is cut once, its blocks
-    staying in order and each shrinking to its kept rows."""
+def block_rows(blocks: Sequence[RowBlock],
+               kept: Sequence[torch.Tensor]) -> list[tuple[nn.Linear, torch.Tensor]]:
+    """Per linear layer, its output rows that hold rows ``kept[i]`` (indices inside the
+    block) of every block ``blocks[i]`` it holds: a fused projection appears once, its
+    blocks in order, each narrowed to its kept rows."""
     by_linear: dict[int, tuple[nn.Linear, list[torch.Tensor]]] = {}
     for block, rows in zip(blocks, kept, strict=True):
         entry = by_linear.setdefault(id(block.linear), (block.linear, []))
         entry[1].append(rows.to(torch.int64) + block.start)
-    for linear, parts in by_linear.values():
-        keep_rows(linear, torch.cat(parts))
+    return [(linear, torch.cat(parts)) for linear, parts in by_linear.values()]
+
+
+def keep_block_rows(blocks: Sequence[RowBlock], kept: Sequence[torch.Tensor]) -> None:
+    """Keep rows ``kept[i]`` (indices inside the block) of every block ``blocks[i]``; a
+    linear layer holding several blocks (a fused projection) is cut once, its blocks
+    staying in order and each shrinking to its kept rows."""
+    for linear, rows in block_rows(blocks, kept):
+        keep_rows(linear, rows)
 
 
 def keep_columns(linear: nn.Linear, columns: torch.Tensor) -> None:
@@ -57,6 +65,15 @@ def head_features(heads: torch.Tensor, head_dim: int) -> torch.Tensor:
     """Feature indices of whole heads: head ``h`` owns features ``h*head_dim ... + head_dim-1``."""
     offsets = torch.arange(head_dim, dtype=torch.int64)
     return (heads.to(torch.int64)[:, None] * head_dim + offsets[None, :]).reshape(-1)
+
+
+def group_features(groups: torch.Tensor, group_size: int,
+                   head_dim: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Feature indices of whole KV groups (``groups``, int64): those of their query heads
+    (``group_size`` per group, in order) and those of their key/value heads."""
+    groups = groups.to(torch.int64)
+    queries = (groups[:, None] * group_size + torch.arange(group_size)).reshape(-1)
+    return head_features(queries, head_dim), head_features(groups, head_dim)
 
 
 def kept_indices(width: int, dropped: torch.Tensor) -> torch.Tensor:

@@ -28,7 +28,6 @@ from pgprune_core.optim.policy import BernoulliPolicy, ScoreVariant
 from pgprune_core.optim.sampled import SampledLossEstimator, Samples
 from pgprune_core.optim.step_size import StepSizeConfig, effective_lr, projected_step
 
-
 #: the options each preset sets (options given explicitly win over the preset's): ``paper``
 #: is the paper's method exactly (Eqs. 7-8, its learning rate unscaled), ``authors`` the
 #: authors' public code; ``pgprune`` is the field defaults below, the best combination
