@@ -155,6 +155,8 @@ def test_config_digest_covers_what_is_learnt_not_how_it_runs():
         resolve_config(None, None, {"training.snapshot_every": 50}))
     assert config_digest(base) == config_digest(
         resolve_config(None, None, {"training.skip_pruned": "off"}))
+    assert config_digest(base) == config_digest(
+        resolve_config(None, None, {"training.collective_timeout_s": 60}))
     assert config_digest(base) != config_digest(
         resolve_config(None, None, {"training.objective": "kl"}))
     legacy = json.loads(base.model_dump_json())
@@ -162,7 +164,7 @@ def test_config_digest_covers_what_is_learnt_not_how_it_runs():
     del legacy["training"]["threads"]  # a config written before the key existed
     del legacy["pruning"]["shape"], legacy["pruning"]["channel_multiple"]  # ... and these
     del legacy["training"]["snapshot_every"], legacy["training"]["objective"]
-    del legacy["training"]["skip_pruned"]
+    del legacy["training"]["skip_pruned"], legacy["training"]["collective_timeout_s"]
     del legacy["estimator"]["advantage_scale"], legacy["estimator"]["scale_window"]
     del legacy["estimator"]["preset"]
     digest = hashlib.sha256(json.dumps(legacy, sort_keys=True).encode()).hexdigest()[:16]
