@@ -20,7 +20,7 @@ import pytest
 import torch
 
 from pgprune_core.parallel import SINGLE, Ranks, share
-from pgprune_core.testing import save_run_assets, save_tiny_model
+from pgprune_core.testing import save_run_assets, save_tiny_model, wait_for_step
 
 WORKER = Path(__file__).parent / "fixtures" / "ranks_worker.py"
 TIMEOUT = 240
@@ -106,20 +106,6 @@ def _keep(run: Path) -> dict:
     return {kind: part["keep"] for kind, part in _masks(run)["kinds"].items()}
 
 
-def _wait_for_step(run: Path, step: int, proc: subprocess.Popen) -> None:
-    deadline = time.time() + TIMEOUT
-    log = run / "metrics.jsonl"
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            raise AssertionError(f"the run ended early: {proc.stderr.read() if proc.stderr else ''}")
-        if log.exists():
-            lines = [line for line in log.read_text().splitlines() if line.strip()]
-            if lines and json.loads(lines[-1])["step"] >= step:
-                return
-        time.sleep(0.05)
-    raise AssertionError("the run did not reach the step in time")
-
-
 @pytest.mark.slow
 def test_torchrun_run_equals_one_process_and_rank_0_alone_writes(assets, tmp_path):
     extra = ("--steps", "10", "--init", "wanda-sp", "--init.n_sequences", "6",
@@ -155,7 +141,7 @@ def test_torchrun_interrupt_and_resume_with_another_world_size(assets, tmp_path)
     out = tmp_path / "run"
     proc = subprocess.Popen(_torchrun(2, *_run_args(assets, out, *steps)), stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, env=_env())
-    _wait_for_step(out, 8, proc)
+    wait_for_step(out, 8, proc, TIMEOUT)
     proc.send_signal(signal.SIGTERM)  # torchrun passes it on to every rank
     _, stderr = proc.communicate(timeout=TIMEOUT)
     assert proc.returncode != 0
@@ -199,7 +185,7 @@ def test_a_rank_that_dies_ends_the_run_with_a_resumable_checkpoint(assets, tmp_p
     out = tmp_path / "run"
     proc = subprocess.Popen(_torchrun(2, *_run_args(assets, out, *steps)), stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, env=_env())
-    _wait_for_step(out, 6, proc)
+    wait_for_step(out, 6, proc, TIMEOUT)
     os.kill(_worker_pids(proc.pid)[1], signal.SIGKILL)
     started = time.time()
     _, stderr = proc.communicate(timeout=TIMEOUT)  # no hang

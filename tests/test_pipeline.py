@@ -8,7 +8,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -17,7 +16,7 @@ import torch
 from pgprune_core.config.resolve import resolve_config
 from pgprune_core.errors import RunDirError
 from pgprune_core.run.pipeline import run_pipeline
-from pgprune_core.testing import save_run_assets
+from pgprune_core.testing import save_run_assets, wait_for_step
 
 
 @pytest.fixture(scope="module")
@@ -134,20 +133,6 @@ def _cli_args(assets, out: Path, steps: int) -> list[str]:
     ]
 
 
-def _wait_for_step(run: Path, step: int, proc: subprocess.Popen, timeout: float = 120) -> None:
-    log = run / "metrics.jsonl"
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            raise AssertionError(f"run ended early: {proc.stderr.read() if proc.stderr else ''}")
-        if log.exists():
-            lines = [line for line in log.read_text().splitlines() if line.strip()]
-            if lines and json.loads(lines[-1])["step"] >= step:
-                return
-        time.sleep(0.05)
-    raise AssertionError("the run did not reach the step in time")
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL])
 def test_kill_and_resume_gives_the_masks_of_an_uninterrupted_run(assets, tmp_path, sig):
@@ -159,7 +144,7 @@ def test_kill_and_resume_gives_the_masks_of_an_uninterrupted_run(assets, tmp_pat
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen(_cli(*_cli_args(assets, out, steps)), stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, env=env)
-    _wait_for_step(out, 10, proc)
+    wait_for_step(out, 10, proc)
     proc.send_signal(sig)
     _, stderr = proc.communicate(timeout=120)
     if sig == signal.SIGTERM:

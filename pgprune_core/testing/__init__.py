@@ -32,6 +32,7 @@ __all__ = [
     "tiny_config",
     "tiny_model",
     "tiny_tokenizer",
+    "wait_for_step",
 ]
 
 Arch = Literal["llama", "llama3", "mistral"]
@@ -185,6 +186,28 @@ def save_run_assets(root: str | Path, *, calib_chars: int, eval_chars: int) -> d
     held_out = root / "heldout.txt"
     held_out.write_text(sample_text(calib_chars + eval_chars)[calib_chars:])
     return {"model": model, "calib": calib, "eval": held_out, "root": root}
+
+
+def wait_for_step(run: str | Path, step: int, proc: Any, timeout: float = 120) -> None:
+    """Wait until the run directory ``run``, written by the process ``proc`` (a
+    ``subprocess.Popen``), has logged ``step``: the moment a kill-and-resume test signals it.
+    Fails when the process ends first or the step does not come within ``timeout`` s."""
+    import json
+    import time
+
+    from pgprune_core.run.rundir import RunDir
+
+    log = RunDir(Path(run)).metrics_log
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"the run ended early: {proc.stderr.read() if proc.stderr else ''}")
+        if log.exists():
+            lines = [line for line in log.read_text().splitlines() if line.strip()]
+            if lines and json.loads(lines[-1])["step"] >= step:
+                return
+        time.sleep(0.05)
+    raise AssertionError(f"the run did not reach step {step} within {timeout:g} s")
 
 
 def step_context(policy: Any, oracle: Any, step: int = 0, total_steps: int = 100,
