@@ -74,8 +74,11 @@ def run_grid(name: str, steps: int, args: argparse.Namespace) -> tuple[str, Path
     return shlex.join(command), cells[0]
 
 
-def snapshot_points(cell: Path, windows: int) -> list[dict[str, Any]]:
-    """Perplexity of every snapshot's final mask, cut from a fresh copy of the model."""
+def cut_and_evaluate(cell: Path, evaluators: list[dict[str, Any]], keep_of: Any,
+                     label: str = "pruned") -> dict[str, Any]:
+    """The metrics of ``evaluators`` (evaluator config entries) on the model of run ``cell``
+    cut by ``keep_of(prep)`` (a keep mask in the run's unit layout) from a fresh copy of
+    the model, by the surgery a run uses; ``keep_of`` None measures the uncut model."""
     from pgprune_core.config.resolve import load_config_file, validate_config
     from pgprune_core.model.surgery import prune_model
     from pgprune_core.plugin.registry import get_registry
@@ -84,20 +87,24 @@ def snapshot_points(cell: Path, windows: int) -> list[dict[str, Any]]:
     from pgprune_core.run.rundir import RunDir
 
     registry = get_registry()
-    run = RunDir(cell)
-    raw = load_config_file(run.config)
-    for evaluator in raw["evaluation"]["evaluators"]:
-        if evaluator["name"] == "perplexity":
-            evaluator["max_windows"] = windows
+    raw = load_config_file(RunDir(cell).config)
+    raw["evaluation"]["evaluators"] = evaluators
     config = validate_config(raw, registry)
     reporter = SilentReporter()
+    prep = prepare(config, registry, reporter)
+    if keep_of is not None:
+        prune_model(prep.structure, prep.layout, prep.granularities, keep_of(prep))
+    return evaluate(config, prep.loaded.model, prep.loaded.tokenizer, label, registry, reporter)
+
+
+def snapshot_points(cell: Path, windows: int) -> list[dict[str, Any]]:
+    """Perplexity of every snapshot's final mask, cut from a fresh copy of the model."""
+    from pgprune_core.run.rundir import RunDir
+
     points = []
-    for probs, record in run.read_snapshots():
-        prep = prepare(config, registry, reporter)
-        keep = prep.budget.final_mask(probs)
-        prune_model(prep.structure, prep.layout, prep.granularities, keep)
-        metrics = evaluate(config, prep.loaded.model, prep.loaded.tokenizer, "pruned", registry,
-                           reporter)
+    for probs, record in RunDir(cell).read_snapshots():
+        metrics = cut_and_evaluate(cell, [{"name": "perplexity", "max_windows": windows}],
+                                   lambda prep, probs=probs: prep.budget.final_mask(probs))
         ppl = next(iter(metrics["ppl"].values()))
         points.append({key: record.get(key) for key in
                        ("step", "optimize_s", "forward_passes", "backward_passes")} | {"ppl": ppl})
