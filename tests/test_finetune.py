@@ -92,10 +92,27 @@ def test_merged_model_equals_the_unmerged_adapters(assets, tmp_path):
     assert merged.config.pgprune["extra"]["finetune"]["steps"] == 4
 
 
-def test_only_lora_parameters_get_gradients(assets):
-    from pgprune_core import load_pruned
+def exported(assets, tmp_path: Path, fmt: str) -> Path:
+    """The pruned model of ``assets`` in ``fmt`` (``pgprune export``'s formats)."""
+    from pgprune_core.model.export import export_directory
 
-    model = load_pruned(assets["run"] / "model")
+    if fmt == "pgprune":
+        return assets["run"] / "model"
+    export_directory(assets["run"] / "model", tmp_path / fmt, fmt)
+    return tmp_path / fmt
+
+
+def load_model(path: Path):
+    """The model of ``path`` by the loader of its format (load_pruned, load_decilm or a
+    transformers class)."""
+    from pgprune_core.run.loading import load_for_eval
+
+    return load_for_eval(str(path), path, "float32", "cpu").model
+
+
+@pytest.mark.parametrize("fmt", ["pgprune", "decilm", "hf"])
+def test_only_lora_parameters_get_gradients(assets, tmp_path, fmt):
+    model = load_model(exported(assets, tmp_path, fmt))
     _, targets = resolve_targets(model, None)
     peft_model = attach(model, finetune_config(assets, Path("unused")).lora, targets)
     peft_model.train()
@@ -107,6 +124,60 @@ def test_only_lora_parameters_get_gradients(assets):
     assert with_grad and all("lora_" in n for n in with_grad)
     assert {n for n, p in peft_model.named_parameters() if p.requires_grad} == with_grad
     assert all(p.grad is None for n, p in peft_model.named_parameters() if "lora_" not in n)
+
+
+@pytest.mark.parametrize("fmt", ["decilm", "hf"])
+def test_an_export_is_finetuned_and_saved_in_its_own_format(assets, tmp_path, fmt):
+    from pgprune_core.run.loading import directory_format
+
+    source = exported(assets, tmp_path, fmt)
+    assert directory_format(source) == fmt
+    result = run_finetune(finetune_config(assets, tmp_path / "ft", source=source))
+    run = result.metrics["finetune"]
+    assert run["format"] == fmt and directory_format(result.path / "model") == fmt
+    base, merged = load_model(source), load_model(result.path / "model")
+    assert type(merged) is type(base)
+    # the merge changed the adapted projections' weights and nothing else
+    before, after = base.state_dict(), merged.state_dict()
+    assert before.keys() == after.keys()
+    changed = {name for name in before if not torch.equal(before[name], after[name])}
+    assert changed
+    assert all(name.endswith(".weight") and name.split(".")[-2] in run["target_modules"]
+               for name in changed)
+    assert sum(p.numel() for p in merged.parameters()) == result.metrics["before"]["params"]
+    unmerged = peft.PeftModel.from_pretrained(load_model(source), result.path / "adapter").eval()
+    ids = ids_for(merged)
+    torch.testing.assert_close(logits(merged, ids), logits(unmerged, ids), atol=1e-5, rtol=1e-5)
+    assert (logits(base, ids) - logits(merged, ids)).abs().max() > 1e-4
+
+
+def test_the_first_steps_loss_is_the_models_own_cross_entropy(assets):
+    """The adapters start as zero updates, so step 1's logged loss is the pruned model's
+    mean next-token loss on the step's sequences, as transformers computes it from labels."""
+    from pgprune_core.recovery.data import load_examples
+    from pgprune_core.recovery.trainer import Trainer
+
+    config = finetune_config(assets, Path("unused"), **{
+        "data.train_file": str(assets["alpaca"]), "data.seq_len": 192,
+        "training.grad_accum": 2, "lora.dropout": 0.3})
+    model = load_model(assets["run"] / "model")
+    reference = load_model(assets["run"] / "model")
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(assets["run"] / "model")
+    examples = load_examples(config.data, tokenizer)
+    _, targets = resolve_targets(model, None)
+    peft_model = attach(model, config.lora, targets)
+    trainer = Trainer(config, peft_model, None, examples, sink=None, digest="", reporter=SilentReporter())
+    batches = trainer._micro_batches(0)
+    batch = {k: torch.cat([b[k] for b in batches]) for k in batches[0]}
+    assert (batch["labels"] == IGNORE).any()  # the prompts are not targets
+    with torch.no_grad():
+        expected = reference(**batch, use_cache=False).loss
+    peft_model.train()
+    stats = trainer.step(0)
+    assert stats["loss"] == pytest.approx(float(expected), rel=1e-5)
+    assert stats["tokens"] == int((batch["labels"][:, 1:] != IGNORE).sum())
 
 
 def test_distilling_the_dense_model_into_itself_costs_nothing(assets, tmp_path):
@@ -254,6 +325,18 @@ def test_distilling_a_model_that_records_no_dense_model_needs_a_teacher(assets, 
     one_line_exit_2(missing, "no such model or run directory")
 
 
+def test_a_run_that_saved_no_model_gets_one_line(assets, tmp_path, no_loading):
+    import shutil
+
+    unsaved = tmp_path / "run"
+    unsaved.mkdir()
+    shutil.copy(assets["run"] / "run.json", unsaved / "run.json")
+    result = invoke("finetune", str(unsaved), "--train-file", str(assets["calib"]),
+                    "--out", str(tmp_path / "ft"))
+    one_line_exit_2(result, "holds no saved model")
+    assert not (tmp_path / "ft").exists()
+
+
 def test_a_missing_peft_names_the_install_command(assets, tmp_path, no_loading, monkeypatch):
     monkeypatch.setitem(sys.modules, "peft", None)
     result = invoke("finetune", str(assets["run"]), "--train-file", str(assets["calib"]),
@@ -287,3 +370,4 @@ def test_every_finetune_key_is_documented_with_its_default():
         for key, value in keys.items():
             assert f"{section}.{key}" in rows, f"{section}.{key}: no row in docs/finetune.md"
             assert yaml.safe_load(rows[f"{section}.{key}"]) == value, f"{section}.{key}"
+
