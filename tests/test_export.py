@@ -157,27 +157,31 @@ def test_pgprune_export_is_the_saved_format(make_setup, tokenizer, tmp_path, arc
     assert result.params == _n_params(model) == _n_params(setup.model)
 
 
-def test_hf_refuses_per_layer_shapes_and_writes_nothing(make_setup, tokenizer, tmp_path):
-    setup = make_setup("llama3")
+@pytest.mark.parametrize("arch,adapter", ADAPTERS)
+def test_hf_refuses_per_layer_shapes_and_writes_nothing(make_setup, tokenizer, tmp_path, arch, adapter):
+    setup = _setup(make_setup, arch, adapter)
     keep = _uniform_keep(setup)
     channels = setup.layout["channel"]
     keep[setup.layout.offsets["channel"]][(channels.layer == 1) & (channels.index < 30)] = False
     prune_model(setup.structure, setup.layout, setup.granularities, keep)
     with pytest.raises(ExportError) as info:
-        export_pruned(setup.model, tokenizer, tmp_path / "hf", "hf", adapter_name="llama", base_model="x")
+        export_pruned(setup.model, tokenizer, tmp_path / "hf", "hf", adapter_name=adapter, base_model="x")
     message = str(info.value)
     assert "\n" not in message and "MLP width" in message and "layer 1" in message
     assert "--pruning.shape uniform" in message
     assert not (tmp_path / "hf").exists() and not list(tmp_path.iterdir())
 
 
-def test_decilm_refuses_per_layer_query_heads(make_setup, tokenizer, tmp_path):
-    setup = make_setup("llama", kinds=("head",))
+@pytest.mark.parametrize("arch,adapter", ADAPTERS)
+def test_decilm_refuses_per_layer_query_heads(make_setup, tokenizer, tmp_path, arch, adapter):
+    setup = _setup(make_setup, arch, adapter, kinds=("head",))
     keep = torch.ones(len(setup.layout), dtype=torch.bool)
-    keep[0] = False  # layer 0 keeps 3 of 4 heads, the others 4
+    keep[0] = False  # layer 0 loses one KV group, the others none
     prune_model(setup.structure, setup.layout, setup.granularities, keep)
-    with pytest.raises(ExportError, match=r"query-head count is global.*uniform-heads"):
-        export_pruned(setup.model, tokenizer, tmp_path / "d", "decilm", adapter_name="llama", base_model="x")
+    with pytest.raises(ExportError) as info:
+        export_pruned(setup.model, tokenizer, tmp_path / "d", "decilm", adapter_name=adapter, base_model="x")
+    message = str(info.value)
+    assert "\n" not in message and "query-head count is global" in message and "uniform-heads" in message
     assert not list(tmp_path.iterdir())
 
 
@@ -242,7 +246,8 @@ def test_run_saves_the_model_in_the_requested_format(assets, tmp_path, fmt):
     no_op_norms = sum(b["attention"]["no_op"] + b["ffn"]["no_op"] for b in blocks
                       if not (b["attention"]["no_op"] and b["ffn"]["no_op"]))
     hidden = model.config.hidden_size
-    assert _n_params(model) == result.metrics["pruned"]["params"] - no_op_norms * hidden
+    metrics = json.loads((result.run_dir / "metrics.json").read_text())
+    assert _n_params(model) == metrics["pruned"]["params"] - no_op_norms * hidden
     ids = torch.randint(3, model.config.vocab_size, (1, 6))
     assert model.generate(ids, max_new_tokens=4, do_sample=False, pad_token_id=0).shape == (1, 10)
 
@@ -275,3 +280,70 @@ def test_export_of_a_run_directory(assets, tmp_path):
     again = runner.invoke(build_app(), ["export", str(tmp_path / "hf"), "--format", "decilm", "--out",
                                         str(tmp_path / "x")])
     assert again.exit_code == 2 and "not saved by pgprune" in again.output
+
+
+# -- the shape options and the block granularities through `pgprune compare` ---------------
+COMPARE_CASES = {
+    "hf-uniform-x16": ("channel,head", ["--output.format", "hf", "--pruning.channel_multiple", "16"]),
+    "decilm-uniform-heads-x16": ("channel,head", ["--output.format", "decilm", "--pruning.shape",
+                                                  "uniform-heads", "--pruning.channel_multiple", "16"]),
+    "pgprune-blocks": ("attention,mlp,channel", []),
+}
+
+
+def _check_decilm(model, metrics, granularity):
+    config, blocks = model.config, model.config.block_configs
+    kept = metrics["pruning"]["units_kept"]
+    active = [b for b in blocks if not b.attention.no_op]
+    if granularity == "channel,head":  # one KV-head count, widths multiples of 16
+        assert len({b.attention.n_heads_in_group for b in active}) == 1
+        widths = [0 if b.ffn.no_op else decilm_modeling.block_width(b.ffn, config.hidden_size)
+                  for b in blocks]
+        assert all(w % 16 == 0 for w in widths) and sum(widths) == kept["channel"]
+    else:  # half of the attention and MLP blocks are no_op
+        assert len(active) == kept["attention"] == 2
+        assert sum(not b.ffn.no_op for b in blocks) == kept["mlp"] == 2
+    no_op_norms = sum(b.attention.no_op + b.ffn.no_op for b in blocks)
+    assert _n_params(model) == metrics["pruned"]["params"] - no_op_norms * config.hidden_size
+
+
+@pytest.mark.parametrize("case", list(COMPARE_CASES))
+def test_compare_cells_save_the_shapes_the_format_needs(assets, tmp_path, case):
+    granularity, options = COMPARE_CASES[case]
+    out = tmp_path / "cmp"
+    args = ["compare", "--model", str(assets["model"]), "--calib-file", str(assets["calib"]),
+            "--eval-file", str(assets["eval"]), "--steps", "2", "--batch-size", "2", "--seq-len", "16",
+            "--evaluator", "perplexity", "--init", "magnitude", "--estimator", "none",
+            "--estimator", "reinforce", "--granularity", granularity, "--rates", "0.5",
+            "--in-process", "--out", str(out), "--data.eval", "[]",
+            "--data.cache_dir", str(assets["root"] / "cache"), "--evaluation.seq_len", "16", *options]
+    runner = CliRunner()
+    done = runner.invoke(build_app(), args)
+    assert done.exit_code == 0, done.output
+    cells = sorted((out / "runs").iterdir())
+    assert len(cells) == 2
+    fmt = options[1] if options else "pgprune"
+    for cell in cells:
+        metrics = json.loads((cell / "metrics.json").read_text())
+        if fmt == "pgprune":
+            # a cell is an ordinary run directory: `pgprune export` converts it (decilm writes
+            # the emptied blocks as no_op) or refuses in one line (hf has no empty blocks)
+            refused = runner.invoke(build_app(), ["export", str(cell), "--format", "hf", "--out",
+                                                  str(cell / "hf")])
+            assert refused.exit_code == 2 and len(refused.output.strip().splitlines()) == 1
+            assert "no attention heads left" in refused.output and not (cell / "hf").exists()
+            exported = runner.invoke(build_app(), ["export", str(cell), "--format", "decilm", "--out",
+                                                   str(cell / "decilm")])
+            assert exported.exit_code == 0, exported.output
+            model = AutoModelForCausalLM.from_pretrained(cell / "decilm", trust_remote_code=True)
+        else:
+            model = AutoModelForCausalLM.from_pretrained(cell / "model", trust_remote_code=fmt == "decilm")
+        if fmt == "hf":  # uniform (implied by the format), every width a multiple of 16
+            assert type(model).__module__.startswith("transformers.models.")
+            assert model.config.intermediate_size % 16 == 0 and model.config.intermediate_size < 48
+            assert model.config.num_key_value_heads < 4
+            assert _n_params(model) == metrics["pruned"]["params"]
+        else:
+            _check_decilm(model, metrics, granularity)
+        ids = torch.randint(3, model.config.vocab_size, (1, 6))
+        assert model.generate(ids, max_new_tokens=4, do_sample=False, pad_token_id=0).shape == (1, 10)
