@@ -100,7 +100,9 @@ class FinetuneTrainingSection(Section):
     batch_size: int = Field(default=4, gt=0)
     #: micro-batches per optimiser step
     grad_accum: int = Field(default=1, gt=0)
-    lr: float = Field(default=2e-4, gt=0)
+    #: AdamW learning rate (docs/finetune.md, "What to choose": 5e-3 measured best on
+    #: models of <= 135M parameters; 2e-4 barely moved them)
+    lr: float = Field(default=1e-3, gt=0)
     weight_decay: float = Field(default=0.0, ge=0)
     #: cosine: decays to 0 after the warmup; constant: stays at lr after the warmup
     schedule: Literal["cosine", "constant"] = "cosine"
