@@ -127,7 +127,10 @@ def plot(results: dict[str, Any], path: Path) -> None:
     by_time.set_xlabel("optimisation seconds")
     by_forwards.set_xlabel("forward passes of the batch")
     by_time.set_ylabel(f"perplexity (first {results[next(iter(results))]['windows']} windows)")
+    values = [p["ppl"] for result in results.values() for p in result["points"]]
     for axis in (by_time, by_forwards):
+        if max(values) > 10 * min(values):  # estimators orders of magnitude apart
+            axis.set_yscale("log")
         axis.grid(alpha=0.3)
         axis.legend()
     fig.tight_layout()
