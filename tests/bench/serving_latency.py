@@ -27,10 +27,10 @@ model is faster than its parameter count predicts).  ``peak_rss_bytes``: the pea
 one forward and one generation; ``peak_rss_rise_bytes``: how far it rose above the RSS
 before loading.
 
-    cpuslot --both python tests/bench/serving_latency.py --model-set proxy > latency-proxy.json
-    cpuslot --both python tests/bench/serving_latency.py --model-set smollm2 > latency-smollm2.json
+    python tests/bench/serving_latency.py --model-set proxy > latency-proxy.json
+    python tests/bench/serving_latency.py --model-set smollm2 > latency-smollm2.json
 
-Prints one JSON document; ``docs/benchmarks.md`` records the numbers.
+Run it on an otherwise idle machine. Prints one JSON document; ``docs/benchmarks.md`` records the numbers.
 """
 
 from __future__ import annotations
